@@ -1,0 +1,55 @@
+import type { Headers } from './types'
+import { describe, type Fail, hasForbiddenHeaderChars, isHeaderName, isPlainObject } from './validate'
+
+/**
+ * Headers travel as undici's flat list, `[name, value, name, value, ...]`,
+ * with lower-case names: merging and lookups stay simple and undici takes the
+ * list as it is.
+ */
+export type HeaderList = string[]
+
+/** Validates a header record and turns it into a list; `undefined` values are left out. */
+export function toHeaderList (headers: unknown, path: string, fail: Fail): HeaderList {
+  if (!isPlainObject(headers)) fail(path, `must be an object of header names to values, got ${describe(headers)}`)
+  const list: HeaderList = []
+  for (const name of Object.keys(headers)) {
+    const value = (headers as Headers)[name]
+    if (value === undefined) continue
+    if (!isHeaderName(name)) fail(`${path}.${name}`, 'is not a valid header name')
+    const lower = name.toLowerCase()
+    if (Array.isArray(value)) {
+      for (const item of value) pushValue(list, lower, item, `${path}.${name}`, fail)
+    } else {
+      pushValue(list, lower, value, `${path}.${name}`, fail)
+    }
+  }
+  return list
+}
+
+function pushValue (list: HeaderList, name: string, value: unknown, path: string, fail: Fail): void {
+  if (typeof value === 'number' && Number.isFinite(value)) {
+    list.push(name, String(value))
+    return
+  }
+  if (typeof value !== 'string') fail(path, `must be a string, got ${describe(value)}`)
+  if (hasForbiddenHeaderChars(value)) fail(path, 'must not contain CR, LF or NUL characters')
+  list.push(name, value)
+}
+
+export function hasHeader (list: HeaderList, name: string): boolean {
+  for (let i = 0; i < list.length; i += 2) {
+    if (list[i] === name) return true
+  }
+  return false
+}
+
+/** `first`'s entries, then those of `second` whose names `first` does not have. */
+export function mergeHeaderLists (first: HeaderList, second: HeaderList): HeaderList {
+  if (first.length === 0) return second
+  if (second.length === 0) return first
+  const merged = first.slice()
+  for (let i = 0; i < second.length; i += 2) {
+    if (!hasHeader(first, second[i])) merged.push(second[i], second[i + 1])
+  }
+  return merged
+}

@@ -1,0 +1,19 @@
+/** The slice of a pino-compatible logger that the client uses. */
+export interface Logger {
+  info(obj: object, msg?: string): void
+  warn(obj: object, msg?: string): void
+  debug(obj: object, msg?: string): void
+  child(bindings: Record<string, unknown>): Logger
+}
+
+function noop (): void {}
+
+/** Used when `createHttpClient()` is given no logger. */
+export const silentLogger: Logger = {
+  info: noop,
+  warn: noop,
+  debug: noop,
+  child () {
+    return silentLogger
+  }
+}

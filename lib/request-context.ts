@@ -1,0 +1,114 @@
+import { AsyncResource } from 'node:async_hooks'
+import { asyncLocalStorage } from '@fastify/request-context'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import { randomUUID } from 'node:crypto'
+import type { HeaderList } from './headers'
+import { isValidRequestId } from './request-id'
+
+/** What outbound calls made while serving one inbound request send along. */
+export interface OutboundContext {
+  /** The request id header and the propagated headers, as a header list. */
+  readonly withRequestId: HeaderList
+  /** Only the propagated headers, for clients with `propagateRequestId: false`. */
+  readonly propagatedOnly: HeaderList
+}
+
+type Store = Record<PropertyKey, unknown>
+
+const kOutbound = Symbol('fastify-resilient-http.outbound')
+const kContext = Symbol('fastify-resilient-http.context')
+const kResource = Symbol('fastify-resilient-http.async-resource')
+const EMPTY: HeaderList = []
+
+const storage = asyncLocalStorage as unknown as { getStore(): Store | undefined, run<R>(store: Store, fn: () => R): R }
+
+/**
+ * The outbound headers of the inbound request being served, if any: one
+ * AsyncLocalStorage lookup and a property read, on every call.
+ */
+export function currentOutboundContext (): OutboundContext | undefined {
+  const store = storage.getStore()
+  return store === undefined ? undefined : store[kOutbound] as OutboundContext | undefined
+}
+
+/** The id of the inbound request being served, or `undefined` outside a request. */
+export function currentRequestId (): string | undefined {
+  const store = storage.getStore()
+  return store === undefined ? undefined : store.requestId as string | undefined
+}
+
+function fillStore (store: Store, request: FastifyRequest): void {
+  store.requestId = request.id
+  store[kOutbound] = (request as unknown as Record<symbol, OutboundContext>)[kContext]
+}
+
+export interface RequestIdSettings {
+  readonly requestIdHeader: string
+  readonly echoRequestId: boolean
+  readonly propagateHeaders: readonly string[]
+}
+
+/**
+ * Keeps each inbound request's id, and the headers to propagate, in
+ * @fastify/request-context's store, where a client call anywhere in the
+ * handling of the request finds them.
+ *
+ * The store is the one @fastify/request-context keeps; when that plugin is
+ * not registered (yet), these hooks open it themselves, the same way, so the
+ * app may register it before this plugin, after it, or not at all.
+ */
+export function installRequestContext (fastify: FastifyInstance, settings: RequestIdSettings): void {
+  const { requestIdHeader, echoRequestId, propagateHeaders } = settings
+
+  fastify.addHook('onRequest', function resilientHttpRequestId (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+    if (!isValidRequestId(request.id)) {
+      // Fastify took the id from a header without checking it: replace it everywhere.
+      request.id = randomUUID()
+      request.log = request.log.child({ reqId: request.id })
+    }
+    const id: string = request.id
+    if (echoRequestId) reply.header(requestIdHeader, id)
+    let propagated = EMPTY
+    for (const name of propagateHeaders) {
+      const value = request.headers[name]
+      if (typeof value === 'string') {
+        if (propagated === EMPTY) propagated = []
+        propagated.push(name, value)
+      }
+    }
+    const context: OutboundContext = { withRequestId: [requestIdHeader, id, ...propagated], propagatedOnly: propagated }
+    ;(request as unknown as Record<symbol, OutboundContext>)[kContext] = context
+
+    const store = storage.getStore()
+    if (store !== undefined) {
+      fillStore(store, request)
+      done()
+      return
+    }
+    storage.run({}, () => {
+      fillStore(storage.getStore() as Store, request)
+      const resource = new AsyncResource('fastify-resilient-http')
+      ;(request as unknown as Record<symbol, AsyncResource>)[kResource] = resource
+      resource.runInAsyncScope(done, request.raw)
+    })
+  })
+
+  // preValidation, preHandler and the handler run from the request's 'end'
+  // event, outside the context opened in onRequest: enter it again.
+  fastify.addHook('preValidation', function resilientHttpEnterContext (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+    const resource = (request as unknown as Record<symbol, AsyncResource | undefined>)[kResource]
+    if (resource === undefined) {
+      done()
+    } else {
+      resource.runInAsyncScope(done, request.raw)
+    }
+  })
+
+  // A @fastify/request-context registered after this plugin opens a fresh
+  // store after ours: fill that one too before the handler runs.
+  fastify.addHook('preHandler', function resilientHttpFillContext (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+    const store = storage.getStore()
+    if (store !== undefined && store[kOutbound] === undefined) fillStore(store, request)
+    done()
+  })
+}

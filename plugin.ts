@@ -1,0 +1,70 @@
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import { InvalidOptionsError } from './lib/errors'
+import { HttpClient } from './lib/http-client'
+import { resolvePluginOptions } from './lib/options'
+import { installRequestContext } from './lib/request-context'
+import type { PluginOptions } from './lib/types'
+
+/** `fastify.httpClients`: the registered clients by name; asking for another name throws. */
+export interface HttpClients {
+  [name: string]: HttpClient
+}
+
+const kRegistered = Symbol.for('fastify-resilient-http.registered')
+
+// Names that generic code probes objects for (promises, JSON, test matchers); they read as undefined.
+const PROBED_NAMES = new Set(['then', 'toJSON', 'asymmetricMatch', '$$typeof', 'nodeType', 'inspect'])
+
+/** Reading a client that was not registered is a bug worth a loud error, not `undefined`. */
+function clientsByName (clients: Record<string, HttpClient>): HttpClients {
+  const names = Object.keys(clients)
+  return new Proxy(clients, {
+    get (target, key, receiver) {
+      if (typeof key === 'string' && !Object.hasOwn(target, key) && !(key in Object.prototype) && !PROBED_NAMES.has(key)) {
+        throw new Error(`fastify-resilient-http: no client named "${key}"; registered clients: ${names.join(', ')}`)
+      }
+      return Reflect.get(target, key, receiver)
+    }
+  })
+}
+
+async function resilientHttpPlugin (fastify: FastifyInstance, options: PluginOptions): Promise<void> {
+  if ((fastify as unknown as Record<symbol, boolean>)[kRegistered] === true || fastify.hasDecorator('httpClients')) {
+    throw new InvalidOptionsError('plugin', 'fastify-resilient-http is already registered in this scope; register it once with every client in `clients`')
+  }
+  const settings = resolvePluginOptions(options)
+  const clients: Record<string, HttpClient> = {}
+  for (const clientOptions of settings.clients) {
+    clients[clientOptions.name] = new HttpClient(clientOptions, fastify.log, {}, `clients.${clientOptions.name}`)
+  }
+  const httpClients = clientsByName(clients)
+  fastify.decorate('httpClients', { getter: () => httpClients })
+  ;(fastify as unknown as Record<symbol, boolean>)[kRegistered] = true
+  installRequestContext(fastify, settings)
+  fastify.addHook('onClose', async function closeHttpClients () {
+    await Promise.all(Object.values(clients).map((client) => client.close()))
+  })
+}
+
+export const resilientHttp: FastifyPluginAsync<PluginOptions> = fp(resilientHttpPlugin, {
+  fastify: '5.x',
+  name: 'fastify-resilient-http'
+})
+
+export default resilientHttp
+export { requestIdGenerator, isValidRequestId } from './lib/request-id'
+export { currentRequestId } from './lib/request-context'
+export { createHttpClient, HttpClient } from './lib/http-client'
+export type { ClientStats, PoolStats } from './lib/http-client'
+export { HttpResponse } from './lib/response'
+export { CHANNELS } from './lib/events'
+export type { RetryEvent, RetrySkippedEvent, CircuitEvent, RetrySkipReason } from './lib/events'
+export type { CircuitState } from './lib/circuit-breaker'
+export type { Logger } from './lib/logger'
+export * from './lib/errors'
+export type * from './lib/types'
+
+// CommonJS: `require()` returns the plugin itself, with `.default`, `.resilientHttp`
+// and every named export on it, as Fastify plugins do.
+module.exports = Object.assign(resilientHttp, module.exports)

@@ -1,0 +1,63 @@
+import { once } from 'node:events'
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo, Socket } from 'node:net'
+
+export interface Hit {
+  method: string
+  url: string
+  headers: IncomingMessage['headers']
+  body: string
+}
+
+export type Handler = (req: IncomingMessage, res: ServerResponse, hit: Hit, index: number) => void | Promise<void>
+
+export interface Upstream {
+  url: string
+  port: number
+  hits: Hit[]
+  server: http.Server
+  close(): Promise<void>
+}
+
+/**
+ * A real HTTP server on 127.0.0.1 (port 0) that records every request it
+ * sees (with its body) and answers through `handler`.
+ */
+export async function startUpstream (handler: Handler): Promise<Upstream> {
+  const hits: Hit[] = []
+  const sockets = new Set<Socket>()
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (chunk: Buffer) => chunks.push(chunk))
+    req.on('end', () => {
+      const hit: Hit = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks).toString('utf8') }
+      hits.push(hit)
+      Promise.resolve(handler(req, res, hit, hits.length - 1)).catch((error: unknown) => {
+        res.destroy(error as Error)
+      })
+    })
+  })
+  server.on('connection', (socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    hits,
+    server,
+    async close () {
+      for (const socket of sockets) socket.destroy()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }
+}
+
+export function sendJson (res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
+  const body = JSON.stringify(value)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers })
+  res.end(body)
+}

@@ -1,0 +1,89 @@
+// The public type surface of fastify-resilient-http. The package is CommonJS
+// whose module is the plugin itself, so its types use `export =` with a
+// namespace, as Fastify's own plugins do: `import resilientHttp from`,
+// `import { createHttpClient } from` and `require()` are all typed right.
+import type { FastifyPluginAsync } from 'fastify'
+import type * as api from '../dist/plugin'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The clients registered by fastify-resilient-http, by name. */
+    httpClients: fastifyResilientHttp.HttpClients
+  }
+}
+
+type ResilientHttpPlugin = FastifyPluginAsync<api.PluginOptions>
+
+declare namespace fastifyResilientHttp {
+  /**
+   * The type of `fastify.httpClients`. Augment it to name your clients:
+   *
+   * ```ts
+   * declare module 'fastify-resilient-http' {
+   *   interface HttpClients { payments: HttpClient }
+   * }
+   * ```
+   */
+  export interface HttpClients {}
+
+  export type HttpClient = api.HttpClient
+  export const HttpClient: typeof api.HttpClient
+  export type HttpResponse = api.HttpResponse
+  export const HttpResponse: typeof api.HttpResponse
+
+  export type PluginOptions = api.PluginOptions
+  export type ClientOptions = api.ClientOptions
+  export type CreateHttpClientOptions = api.CreateHttpClientOptions
+  export type RetryOptions = api.RetryOptions
+  export type RetryBudgetOptions = api.RetryBudgetOptions
+  export type CircuitBreakerOptions = api.CircuitBreakerOptions
+  export type CallOptions = api.CallOptions
+  export type RequestOptions = api.RequestOptions
+  export type RequestBody = api.RequestBody
+  export type Headers = api.Headers
+  export type HeaderValue = api.HeaderValue
+  export type Query = api.Query
+  export type QueryValue = api.QueryValue
+  export type Jitter = api.Jitter
+  export type ClientStats = api.ClientStats
+  export type PoolStats = api.PoolStats
+  export type CircuitState = api.CircuitState
+  export type TimeoutKind = api.TimeoutKind
+  export type Logger = api.Logger
+  export type RetryEvent = api.RetryEvent
+  export type RetrySkippedEvent = api.RetrySkippedEvent
+  export type RetrySkipReason = api.RetrySkipReason
+  export type CircuitEvent = api.CircuitEvent
+
+  export const createHttpClient: typeof api.createHttpClient
+  export const requestIdGenerator: typeof api.requestIdGenerator
+  export const isValidRequestId: typeof api.isValidRequestId
+  export const currentRequestId: typeof api.currentRequestId
+  export const CHANNELS: typeof api.CHANNELS
+
+  export type HttpClientError = api.HttpClientError
+  export const HttpClientError: typeof api.HttpClientError
+  export type CircuitOpenError = api.CircuitOpenError
+  export const CircuitOpenError: typeof api.CircuitOpenError
+  export type TimeoutError = api.TimeoutError
+  export const TimeoutError: typeof api.TimeoutError
+  export type UpstreamError = api.UpstreamError
+  export const UpstreamError: typeof api.UpstreamError
+  export type HttpStatusError = api.HttpStatusError
+  export const HttpStatusError: typeof api.HttpStatusError
+  export type InvalidRequestError = api.InvalidRequestError
+  export const InvalidRequestError: typeof api.InvalidRequestError
+  export type ResponseTooLargeError = api.ResponseTooLargeError
+  export const ResponseTooLargeError: typeof api.ResponseTooLargeError
+  export type ClientClosedError = api.ClientClosedError
+  export const ClientClosedError: typeof api.ClientClosedError
+  export type InvalidOptionsError = api.InvalidOptionsError
+  export const InvalidOptionsError: typeof api.InvalidOptionsError
+
+  /** The plugin, also the default export. */
+  export const resilientHttp: ResilientHttpPlugin
+  export { resilientHttp as default }
+}
+
+declare function fastifyResilientHttp (...params: Parameters<ResilientHttpPlugin>): ReturnType<ResilientHttpPlugin>
+export = fastifyResilientHttp
