@@ -12,6 +12,8 @@ export function backoffDelay (retry: number, options: ResolvedRetry, random: Ran
 }
 
 const DELTA_SECONDS = /^\d+$/
+// All three HTTP-date forms start with a day name; Date.parse alone would read `-5` or `1.5` as dates.
+const HTTP_DATE_START = /^[A-Za-z]{3,9},? /
 
 /**
  * The wait a `Retry-After` value asks for, in ms: delta-seconds or an
@@ -23,6 +25,7 @@ export function retryAfterDelay (header: string | string[] | undefined, now: num
   if (value === undefined) return undefined
   const trimmed = value.trim()
   if (DELTA_SECONDS.test(trimmed)) return Number(trimmed) * 1000
+  if (!HTTP_DATE_START.test(trimmed)) return undefined
   const date = Date.parse(trimmed)
   if (Number.isNaN(date)) return undefined
   return Math.max(0, date - now)

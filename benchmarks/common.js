@@ -1,0 +1,89 @@
+'use strict'
+
+const { spawn, spawnSync } = require('node:child_process')
+const path = require('node:path')
+
+// The client under test gets CPU 0 to itself; the upstream (and the orchestrator,
+// which is idle while a child measures) share CPU 1.
+const CLIENT_CPU = '0'
+const SERVER_CPU = '1'
+
+const canPin = require('node:os').availableParallelism() >= 2 &&
+  spawnSync('taskset', ['-c', '0', 'true'], { stdio: 'ignore' }).status === 0
+
+/**
+ * Starts `benchmarks/<script>` in a fresh Node process (pinned to `cpu` when
+ * taskset works) and resolves with the child and its first IPC message, which
+ * every script sends once it is ready or done.
+ */
+function startChild (script, args = [], { cpu, execArgv = [], env, timeoutMs = 60_000 } = {}) {
+  const nodeArgs = [...execArgv, path.join(__dirname, script), ...args]
+  const command = canPin && cpu !== undefined ? 'taskset' : process.execPath
+  const commandArgs = command === 'taskset' ? ['-c', cpu, process.execPath, ...nodeArgs] : nodeArgs
+  const child = spawn(command, commandArgs, {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    env: { ...process.env, ...env }
+  })
+  const first = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`${script} ${args.join(' ')}: no answer within ${timeoutMs} ms`))
+    }, timeoutMs)
+    child.once('message', (message) => {
+      clearTimeout(timer)
+      resolve(message)
+    })
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer)
+      reject(new Error(`${script} ${args.join(' ')}: exited (${signal ?? code}) before answering`))
+    })
+    child.once('error', (error) => {
+      clearTimeout(timer)
+      reject(error)
+    })
+  })
+  return first.then((message) => ({ child, message }))
+}
+
+/** Runs a script that measures, answers once and exits; resolves with its answer. */
+async function runChild (script, args, options) {
+  const { child, message } = await startChild(script, args, options)
+  await stopChild(child)
+  if (message.error !== undefined) throw new Error(`${script} ${args.join(' ')}: ${message.error}`)
+  return message
+}
+
+function stopChild (child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5_000)
+    child.once('exit', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    child.kill('SIGTERM')
+  })
+}
+
+/** Sends `message` to the parent, then exits: a measuring child has nothing left to do. */
+function answer (message) {
+  process.send(message, () => process.exit(0))
+}
+
+/** Turns a crash in a measuring child into an answer the orchestrator can report. */
+function answerErrors (main) {
+  main().catch((error) => answer({ error: error?.stack ?? String(error) }))
+}
+
+function median (values) {
+  const sorted = values.filter((value) => Number.isFinite(value)).sort((a, b) => a - b)
+  if (sorted.length === 0) return NaN
+  const middle = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}
+
+function sleep (ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+module.exports = { CLIENT_CPU, SERVER_CPU, canPin, startChild, runChild, stopChild, answer, answerErrors, median, sleep }
