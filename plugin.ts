@@ -16,17 +16,22 @@ const kRegistered = Symbol.for('fastify-resilient-http.registered')
 // Names that generic code probes objects for (promises, JSON, test matchers); they read as undefined.
 const PROBED_NAMES = new Set(['then', 'toJSON', 'asymmetricMatch', '$$typeof', 'nodeType', 'inspect'])
 
-/** Reading a client that was not registered is a bug worth a loud error, not `undefined`. */
+/**
+ * The clients are own properties, read at full speed; a name that is not one
+ * falls through to a prototype that throws, naming the registered clients:
+ * a typo is a loud error, not `undefined`.
+ */
 function clientsByName (clients: Record<string, HttpClient>): HttpClients {
-  const names = Object.keys(clients)
-  return new Proxy(clients, {
+  const names = Object.keys(clients).join(', ')
+  const unknownName = new Proxy(Object.create(Object.prototype) as object, {
     get (target, key, receiver) {
-      if (typeof key === 'string' && !Object.hasOwn(target, key) && !(key in Object.prototype) && !PROBED_NAMES.has(key)) {
-        throw new Error(`fastify-resilient-http: no client named "${key}"; registered clients: ${names.join(', ')}`)
+      if (typeof key === 'string' && !(key in target) && !PROBED_NAMES.has(key)) {
+        throw new Error(`fastify-resilient-http: no client named "${key}"; registered clients: ${names}`)
       }
       return Reflect.get(target, key, receiver)
     }
   })
+  return Object.assign(Object.create(unknownName) as HttpClients, clients)
 }
 
 async function resilientHttpPlugin (fastify: FastifyInstance, options: PluginOptions): Promise<void> {
@@ -62,7 +67,13 @@ export { CHANNELS } from './lib/events'
 export type { RetryEvent, RetrySkippedEvent, CircuitEvent, RetrySkipReason } from './lib/events'
 export type { CircuitState } from './lib/circuit-breaker'
 export type { Logger } from './lib/logger'
-export * from './lib/errors'
+// Named, not `export *`: the trailing `module.exports =` below hides star re-exports
+// from Node's CommonJS named-export detection, so ESM `import { TimeoutError }` would fail.
+export {
+  HttpClientError, CircuitOpenError, TimeoutError, UpstreamError, HttpStatusError,
+  InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError
+} from './lib/errors'
+export type { CallDetails, TimeoutKind } from './lib/errors'
 export type * from './lib/types'
 
 // CommonJS: `require()` returns the plugin itself, with `.default`, `.resilientHttp`

@@ -180,6 +180,7 @@ export class Call implements DeadlineEntry {
     if (this.abortListener !== listener) return
     this.abortListener = null
     this.clearDeadline()
+    if (this.settled) this.releaseCallerSignal()
   }
 
   private abortAttempt (by: AbortCause, reason: unknown): void {
@@ -224,6 +225,7 @@ export class Call implements DeadlineEntry {
   }
 
   onDeadline (): void {
+    if (this.settled) this.releaseCallerSignal()
     const error = new TimeoutError(this, this.deadlineKind, this.deadlineKind === 'attempt' ? this.deadlineMs : this.totalTimeout)
     this.abortAttempt(this.deadlineKind === 'attempt' ? Abort.AttemptTimeout : Abort.TotalTimeout, error)
   }
@@ -385,6 +387,9 @@ export class Call implements DeadlineEntry {
     this.client.events.retry({ client: this.clientName, method: this.method, path: this.path, attempt: this.attempts, reason, waitMs: wait })
     this.client.waiting.add(this)
     this.waitTimer = this.client.clock.setTimer(() => this.afterWait(), wait)
+    // Between attempts no socket holds the process open: the wait must, or a
+    // script whose upstream is down exits mid-call. close() clears it.
+    ;(this.waitTimer as { ref?: () => unknown }).ref?.()
   }
 
   private whyNoRetry (retry: ResolvedRetry, failure: Failure): RetrySkipReason | null {
@@ -406,8 +411,10 @@ export class Call implements DeadlineEntry {
     this.waitTimer = null
     this.client.waiting.delete(this)
     if (this.settled) return
-    this.client.counters.retries++
+    // An open circuit may still refuse the retry: count only one that is sent.
+    const before = this.attempts
     this.attempt(this.client.clock.now())
+    if (this.attempts > before) this.client.counters.retries++
   }
 
   /** Cuts a wait between attempts (close, or the caller's abort). */
@@ -449,10 +456,9 @@ export class Call implements DeadlineEntry {
   private settle (): void {
     this.settled = true
     this.lastFailure = null
-    if (this.callerAbortListener !== null) {
-      this.callerSignal?.removeEventListener('abort', this.callerAbortListener)
-      this.callerAbortListener = null
-    }
+    // While a resolved response's body streams, the caller's abort must still
+    // reach it; the listener goes once undici lets go of the body.
+    if (this.abortListener === null) this.releaseCallerSignal()
     this.client.counters.inFlight--
     this.client.active?.delete(this)
     this.client.onCallSettled()
@@ -487,9 +493,22 @@ export class Call implements DeadlineEntry {
       return
     }
     this.callerAbortListener = () => {
-      if (this.waitTimer !== null) this.cancelWait(signal.reason)
-      else if (!this.settled || this.abortListener !== null) this.abortAttempt(Abort.Caller, signal.reason)
+      if (this.waitTimer !== null) {
+        this.cancelWait(signal.reason)
+      } else if (!this.settled) {
+        this.abortAttempt(Abort.Caller, signal.reason)
+      } else if (this.abortListener !== null) {
+        this.clearDeadline()
+        this.releaseCallerSignal()
+        this.abortAttempt(Abort.Caller, signal.reason)
+      }
     }
     signal.addEventListener('abort', this.callerAbortListener)
+  }
+
+  private releaseCallerSignal (): void {
+    if (this.callerAbortListener === null) return
+    this.callerSignal?.removeEventListener('abort', this.callerAbortListener)
+    this.callerAbortListener = null
   }
 }

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { Pool, type Dispatcher } from 'undici'
+import { Client, Pool, type Dispatcher } from 'undici'
 import { Call, type ClientCore, Counters } from './call'
 import { CircuitBreaker, type CircuitState } from './circuit-breaker'
 import { type Clock, type RandomSource, systemClock } from './clock'
@@ -315,11 +315,38 @@ export class HttpClient implements ClientCore {
 function createPool (options: ResolvedClientOptions, optionPath: string): Pool {
   const poolOptions: Pool.Options = { ...options.pool }
   if (options.maxResponseBytes !== undefined) poolOptions.maxResponseSize = options.maxResponseBytes
+  let pool: Pool
   try {
-    return new Pool(options.origin, poolOptions)
+    pool = new Pool(options.origin, poolOptions)
+    // The pool makes its clients lazily: one made now (no socket) has undici check the
+    // options only its Client reads, so they fail here rather than on every call.
+    if (poolOptions.factory === undefined) void new Client(options.origin, poolOptions).destroy()
   } catch (error) {
     throw new InvalidOptionsError(optionPath === '' ? 'pool' : `${optionPath}.pool`, (error as Error).message, options.name)
   }
+  const dispatch = pool.dispatch.bind(pool)
+  pool.dispatch = (opts, handler) => {
+    const pending = handler as PendingHandler
+    if ('reason' in pending && typeof pending.onConnect === 'function') pending.onConnect = refuseIfAbortedWhileQueued
+    return dispatch(opts, handler)
+  }
+  return pool
+}
+
+/** undici's request handler, as far as the guard below reads it. */
+interface PendingHandler {
+  reason?: unknown
+  onConnect?: (abort: (error?: Error) => void, context?: unknown) => void
+}
+
+// undici closes the connection it hands a request to when that request was
+// aborted while it waited in the pool's queue (nodejs/undici#386). Under
+// overload every attempt that timed out in the queue then costs a healthy
+// connection, and the reconnects slow the pool further until it collapses.
+// A handler whose onConnect throws is failed without touching the socket.
+function refuseIfAbortedWhileQueued (this: PendingHandler, abort: (error?: Error) => void, context?: unknown): void {
+  if (this.reason !== null && this.reason !== undefined) throw this.reason
+  return (Object.getPrototypeOf(this) as PendingHandler).onConnect?.call(this, abort, context)
 }
 
 /**

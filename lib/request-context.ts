@@ -1,4 +1,4 @@
-import { AsyncResource } from 'node:async_hooks'
+import { AsyncLocalStorage, AsyncResource } from 'node:async_hooks'
 import { asyncLocalStorage } from '@fastify/request-context'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import { randomUUID } from 'node:crypto'
@@ -22,19 +22,29 @@ const EMPTY: HeaderList = []
 
 const storage = asyncLocalStorage as unknown as { getStore(): Store | undefined, run<R>(store: Store, fn: () => R): R }
 
+// A @fastify/request-context registered after this plugin opens a fresh,
+// empty store in its own onRequest hook: until preHandler fills it, calls made
+// from the app's onRequest, preParsing and preValidation hooks find the
+// request here instead. Only apps in that situation use it: every enabled
+// AsyncLocalStorage adds work to each async operation of the process.
+const ownStorage = new AsyncLocalStorage<Store>()
+let ownStorageInUse = false
+
 /**
  * The outbound headers of the inbound request being served, if any: one
  * AsyncLocalStorage lookup and a property read, on every call.
  */
 export function currentOutboundContext (): OutboundContext | undefined {
-  const store = storage.getStore()
-  return store === undefined ? undefined : store[kOutbound] as OutboundContext | undefined
+  const context = storage.getStore()?.[kOutbound]
+  if (context !== undefined || !ownStorageInUse) return context as OutboundContext | undefined
+  return ownStorage.getStore()?.[kOutbound] as OutboundContext | undefined
 }
 
 /** The id of the inbound request being served, or `undefined` outside a request. */
 export function currentRequestId (): string | undefined {
-  const store = storage.getStore()
-  return store === undefined ? undefined : store.requestId as string | undefined
+  const id = storage.getStore()?.requestId
+  if (id !== undefined || !ownStorageInUse) return id as string | undefined
+  return ownStorage.getStore()?.requestId as string | undefined
 }
 
 function fillStore (store: Store, request: FastifyRequest): void {
@@ -59,6 +69,14 @@ export interface RequestIdSettings {
  */
 export function installRequestContext (fastify: FastifyInstance, settings: RequestIdSettings): void {
   const { requestIdHeader, echoRequestId, propagateHeaders } = settings
+  // Known once the app is ready: was @fastify/request-context registered after this plugin?
+  const registeredBefore = fastify.hasDecorator('requestContext')
+  let registeredAfter = false
+  fastify.addHook('onReady', function resilientHttpCheckRequestContext (done) {
+    registeredAfter = !registeredBefore && fastify.hasDecorator('requestContext')
+    if (registeredAfter) ownStorageInUse = true
+    done()
+  })
 
   fastify.addHook('onRequest', function resilientHttpRequestId (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
     if (!isValidRequestId(request.id)) {
@@ -85,12 +103,18 @@ export function installRequestContext (fastify: FastifyInstance, settings: Reque
       done()
       return
     }
-    storage.run({}, () => {
-      fillStore(storage.getStore() as Store, request)
+    const own: Store = {}
+    fillStore(own, request)
+    const enter = (): void => storage.run(own, () => {
       const resource = new AsyncResource('fastify-resilient-http')
       ;(request as unknown as Record<symbol, AsyncResource>)[kResource] = resource
       resource.runInAsyncScope(done, request.raw)
     })
+    if (registeredAfter) {
+      ownStorage.run(own, enter)
+    } else {
+      enter()
+    }
   })
 
   // preValidation, preHandler and the handler run from the request's 'end'

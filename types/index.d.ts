@@ -5,6 +5,13 @@
 import type { FastifyPluginAsync } from 'fastify'
 import type * as api from '../dist/plugin'
 
+declare module '@fastify/request-context' {
+  interface RequestContextData {
+    /** The id of the inbound request being served, kept by fastify-resilient-http. */
+    requestId?: string
+  }
+}
+
 declare module 'fastify' {
   interface FastifyInstance {
     /** The clients registered by fastify-resilient-http, by name. */
