@@ -1,0 +1,206 @@
+import { execFile } from 'node:child_process'
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { test } from 'tap'
+import { DEFAULT_BREAKER, DEFAULT_CONNECTIONS, DEFAULT_RETRY, DEFAULT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT } from '../lib/options'
+
+// The README's ```ts and ```js blocks are compiled against the published
+// types and, when marked `<!-- readme-test: run -->`, run (as tsc emitted
+// them), in a scratch project that depends on this package the way a user's
+// project does: node_modules/fastify-resilient-http links to this repo, which
+// resolves through package.json "exports" to types/ and dist/.
+
+const ROOT = path.resolve(__dirname, '..')
+const MARKER = /^<!--\s*readme-test:\s*(\S+)\s*-->$/
+const TSC_TIMEOUT_MS = 90_000
+const RUN_TIMEOUT_MS = 30_000
+
+type Mode = 'check' | 'run' | 'skip'
+
+interface Block {
+  lang: 'ts' | 'js'
+  /** The README line of the opening fence. */
+  line: number
+  code: string
+  mode: Mode
+}
+
+function extractBlocks (markdown: string): Block[] {
+  const lines = markdown.split('\n')
+  const blocks: Block[] = []
+  for (let i = 0; i < lines.length; i++) {
+    const open = /^```(\w*)\s*$/.exec(lines[i])
+    if (open === null) continue
+    let end = i + 1
+    while (end < lines.length && lines[end] !== '```') end++
+    const lang = open[1]
+    if (lang === 'ts' || lang === 'js') {
+      let before = i - 1
+      while (before >= 0 && lines[before].trim() === '') before--
+      const marker = before >= 0 ? MARKER.exec(lines[before].trim()) : null
+      const mode = marker === null ? 'check' : marker[1]
+      if (mode !== 'check' && mode !== 'run' && mode !== 'skip') throw new Error(`README.md:${before + 1}: unknown readme-test marker "${mode}"`)
+      blocks.push({ lang, line: i + 1, code: lines.slice(i + 1, end).join('\n'), mode })
+    }
+    i = end
+  }
+  return blocks
+}
+
+function fileName (block: Block): string {
+  return `block-L${block.line}.${block.lang === 'ts' ? 'ts' : 'cjs'}`
+}
+
+function emittedName (block: Block): string {
+  return `block-L${block.line}.${block.lang === 'ts' ? 'js' : 'cjs'}`
+}
+
+interface Run {
+  code: number | null
+  output: string
+  timedOut: boolean
+}
+
+function run (command: string, args: string[], cwd: string, timeout: number): Promise<Run> {
+  const env = { ...process.env }
+  // Leave the test runner's loaders and coverage out of the child.
+  delete env.NODE_OPTIONS
+  delete env.NODE_V8_COVERAGE
+  return new Promise((resolve) => {
+    execFile(command, args, { cwd, env, timeout, killSignal: 'SIGKILL', maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+      const code = error === null ? 0 : typeof error.code === 'number' ? error.code : null
+      resolve({ code, output: `${stdout}${stderr}`, timedOut: error?.killed === true })
+    })
+  })
+}
+
+/** A project whose node_modules holds this package (a link to the repo) and the repo's dependencies. */
+async function makeProject (blocks: Block[]): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'frh-readme-'))
+  await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'readme-blocks', private: true, type: 'module' }))
+  await writeFile(path.join(dir, 'tsconfig.json'), JSON.stringify({
+    compilerOptions: {
+      target: 'ES2022',
+      module: 'node16',
+      moduleResolution: 'node16',
+      strict: true,
+      outDir: 'out',
+      skipLibCheck: true,
+      allowJs: true,
+      checkJs: true,
+      types: ['node']
+    },
+    include: ['blocks/*']
+  }))
+  const modules = path.join(dir, 'node_modules')
+  await mkdir(modules)
+  for (const entry of await readdir(path.join(ROOT, 'node_modules'))) {
+    if (entry.startsWith('.') || entry === 'fastify-resilient-http') continue
+    await symlink(path.join(ROOT, 'node_modules', entry), path.join(modules, entry), 'dir')
+  }
+  await symlink(ROOT, path.join(modules, 'fastify-resilient-http'), 'dir')
+  await mkdir(path.join(dir, 'blocks'))
+  for (const block of blocks) {
+    // `export {}` keeps each TypeScript block a module of its own.
+    const code = block.lang === 'ts' ? `${block.code}\nexport {}\n` : `${block.code}\n`
+    await writeFile(path.join(dir, 'blocks', fileName(block)), code)
+  }
+  return dir
+}
+
+/** tsc's `blocks/block-L12.ts(3,5)` as `README.md:15:5`, the line a reader edits. */
+function toReadmeLocations (output: string): string {
+  return output.replace(/blocks\/block-L(\d+)\.(?:ts|cjs)\((\d+),(\d+)\)/g, (_all, fence: string, line: string, column: string) =>
+    `README.md:${Number(fence) + Number(line)}:${column}`)
+}
+
+/** A default as the README's tables write it (`10_000`, `'full'`, `{ ratio: 0.2 }`), as a value. */
+function parseDefault (cell: string): unknown {
+  const json = cell.replace(/`/g, '')
+    .replace(/(\d)_(\d)/g, '$1$2')
+    .replace(/'/g, '"')
+    .replace(/([A-Za-z]\w*):/g, '"$1":')
+  return JSON.parse(json)
+}
+
+/** The `option | default | meaning` rows of the table under `heading`. */
+function tableDefaults (markdown: string, heading: string): Map<string, string> {
+  const start = markdown.indexOf(`\n${heading}\n`)
+  if (start === -1) throw new Error(`README.md has no heading ${heading}`)
+  const rows = new Map<string, string>()
+  const lines = markdown.slice(start + heading.length + 2).split('\n')
+  let inTable = false
+  for (const line of lines) {
+    if (line.startsWith('|')) {
+      inTable = true
+      const cells = line.split('|').slice(1, -1).map((cell) => cell.trim())
+      const option = /^`(\w+)`$/.exec(cells[0])
+      if (option !== null) rows.set(option[1], cells[1])
+    } else if (inTable) {
+      break
+    }
+  }
+  return rows
+}
+
+test('README code blocks', async (t) => {
+  const markdown = await readFile(path.join(ROOT, 'README.md'), 'utf8')
+  const blocks = extractBlocks(markdown)
+  const checked = blocks.filter((block) => block.mode !== 'skip')
+  const runnable = blocks.filter((block) => block.mode === 'run')
+
+  t.ok(blocks.length >= 8, `the README has TypeScript/JavaScript examples (found ${blocks.length})`)
+  t.ok(runnable.length >= 3, `at least three blocks run (found ${runnable.length})`)
+  t.ok(blocks.some((block) => block.lang === 'js' && block.mode === 'run'), 'a CommonJS block runs')
+  t.ok(blocks.length - checked.length <= 1, 'skipped blocks stay rare')
+
+  const dir = await makeProject(checked)
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+
+  await t.test('every block type-checks against the published types', async (t) => {
+    // tsc also emits the blocks to out/, as plain ES modules for node to run.
+    const tsc = path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
+    const result = await run(process.execPath, [tsc, '-p', 'tsconfig.json'], dir, TSC_TIMEOUT_MS)
+    t.notOk(result.timedOut, 'tsc finished in time')
+    t.equal(result.code, 0, 'tsc reports no error', { output: toReadmeLocations(result.output) })
+  })
+
+  // Independent programs on port 0: run them side by side, report them one by one.
+  const runs = runnable.map((block) => run(process.execPath, [path.join('out', emittedName(block))], dir, RUN_TIMEOUT_MS))
+  for (const [i, block] of runnable.entries()) {
+    await t.test(`README.md:${block.line} runs`, async (t) => {
+      const result = await runs[i]
+      t.notOk(result.timedOut, 'it ends by itself')
+      t.equal(result.code, 0, 'it exits 0', { output: result.output })
+    })
+  }
+})
+
+test('the README documents the defaults the code has', async (t) => {
+  const markdown = await readFile(path.join(ROOT, 'README.md'), 'utf8')
+
+  const client = tableDefaults(markdown, '### Client options (per client, or in `defaults`)')
+  t.equal(parseDefault(client.get('timeout') ?? ''), DEFAULT_TIMEOUT)
+  t.equal(parseDefault(client.get('totalTimeout') ?? ''), DEFAULT_TOTAL_TIMEOUT)
+  t.same(parseDefault(client.get('pool') ?? ''), { connections: DEFAULT_CONNECTIONS })
+  t.same([...client.keys()], ['baseUrl', 'timeout', 'totalTimeout', 'defaultHeaders', 'propagateRequestId', 'retry',
+    'circuitBreaker', 'pool', 'maxResponseBytes', 'dispatcher'])
+
+  const retry = tableDefaults(markdown, '### `retry`')
+  const { lowestRetryStatus, ...retryDefaults } = DEFAULT_RETRY
+  t.equal(lowestRetryStatus, Math.min(...retryDefaults.statusCodes))
+  t.same([...retry.keys()].sort(), Object.keys(retryDefaults).sort(), 'every retry option has a row')
+  for (const [option, value] of Object.entries(retryDefaults)) {
+    t.same(parseDefault(retry.get(option) ?? ''), value, `retry.${option} defaults to ${JSON.stringify(value)}`)
+  }
+
+  const breaker = tableDefaults(markdown, '### `circuitBreaker`')
+  t.same([...breaker.keys()].sort(), Object.keys(DEFAULT_BREAKER).sort(), 'every circuitBreaker option has a row')
+  for (const [option, value] of Object.entries(DEFAULT_BREAKER)) {
+    t.same(parseDefault(breaker.get(option) ?? ''), value, `circuitBreaker.${option} defaults to ${value}`)
+  }
+
+  const plugin = tableDefaults(markdown, '### Plugin options')
+  t.same([...plugin.keys()], ['clients', 'defaults', 'requestIdHeader', 'echoRequestId', 'propagateHeaders'])
+})
