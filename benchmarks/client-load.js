@@ -3,7 +3,9 @@
 // One contender, one round, in a fresh process:
 //   node client-load.js <contender> <origin> <concurrency> <connections> <warmupMs> <durationMs>
 // Keeps <concurrency> calls in flight, discards the warm-up, then answers
-// { requests, seconds, rps, p50, p99, errors, firstError } (latencies in ms).
+// { requests, seconds, rps, p50, p99, cpuPercent, errors, firstError }
+// (latencies in ms; cpuPercent of one core, under 100 when the client waited
+// on the upstream; errors counted from the start, warm-up included).
 
 const { createHistogram } = require('node:perf_hooks')
 const contenders = require('./contenders')
@@ -54,16 +56,16 @@ async function main () {
   await new Promise((resolve) => setTimeout(resolve, Number(warmupMs)))
   histogram.reset()
   requests = 0
-  errors = 0
-  firstError = undefined
   measuring = true
   const start = process.hrtime.bigint()
+  const cpuStart = process.cpuUsage()
   await new Promise((resolve) => setTimeout(resolve, Number(durationMs)))
   measuring = false
   const seconds = Number(process.hrtime.bigint() - start) / 1e9
+  const cpu = process.cpuUsage(cpuStart)
   stopping = true
   await Promise.all(workers)
-  await contender.close()
+  await Promise.race([contender.close(), new Promise((resolve) => setTimeout(resolve, 2_000))])
 
   answer({
     requests,
@@ -71,6 +73,7 @@ async function main () {
     rps: requests / seconds,
     p50: histogram.percentile(50) / 1e6,
     p99: histogram.percentile(99) / 1e6,
+    cpuPercent: (cpu.user + cpu.system) / 1e4 / seconds,
     errors,
     firstError
   })

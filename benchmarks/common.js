@@ -48,20 +48,22 @@ function startChild (script, args = [], { cpu, execArgv = [], env, timeoutMs = 6
 /** Runs a script that measures, answers once and exits; resolves with its answer. */
 async function runChild (script, args, options) {
   const { child, message } = await startChild(script, args, options)
-  await stopChild(child)
+  await stopChild(child, 3_000)
   if (message.error !== undefined) throw new Error(`${script} ${args.join(' ')}: ${message.error}`)
   return message
 }
 
-function stopChild (child) {
+/** Stops a child: after `graceMs` for it to exit by itself, SIGTERM, then SIGKILL. */
+function stopChild (child, graceMs = 0) {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
   return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5_000)
+    const term = setTimeout(() => child.kill('SIGTERM'), graceMs)
+    const kill = setTimeout(() => child.kill('SIGKILL'), graceMs + 5_000)
     child.once('exit', () => {
-      clearTimeout(timer)
+      clearTimeout(term)
+      clearTimeout(kill)
       resolve()
     })
-    child.kill('SIGTERM')
   })
 }
 

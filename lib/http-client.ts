@@ -320,7 +320,7 @@ function createPool (options: ResolvedClientOptions, optionPath: string): Pool {
     pool = new Pool(options.origin, poolOptions)
     // The pool makes its clients lazily: one made now (no socket) has undici check the
     // options only its Client reads, so they fail here rather than on every call.
-    if (poolOptions.factory === undefined) void new Client(options.origin, poolOptions).destroy()
+    if (poolOptions.factory === undefined) new Client(options.origin, poolOptions).destroy(() => {})
   } catch (error) {
     throw new InvalidOptionsError(optionPath === '' ? 'pool' : `${optionPath}.pool`, (error as Error).message, options.name)
   }
