@@ -1,0 +1,360 @@
+import Fastify from 'fastify'
+import diagnosticsChannel from 'node:diagnostics_channel'
+import type { IncomingMessage } from 'node:http'
+import pino from 'pino'
+import { test, type Test } from 'tap'
+import { Agent, MockAgent } from 'undici'
+import resilientHttp, { CHANNELS, createHttpClient, HttpClientError, InvalidOptionsError, type RetryEvent } from '../plugin'
+import { resolvePluginOptions } from '../lib/options'
+import './helpers/fastify-types'
+import { sendJson, startUpstream } from './helpers/upstream'
+
+const BASE = 'http://127.0.0.1:9'
+
+async function rejection (promise: PromiseLike<unknown>): Promise<unknown> {
+  try {
+    await promise
+  } catch (error) {
+    return error
+  }
+  throw new Error('expected a rejection')
+}
+
+/** Registers the plugin with `options` and returns why `ready()` failed. */
+async function registrationError (t: Test, options: unknown): Promise<unknown> {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(resilientHttp, options as never)
+  return rejection(app.ready())
+}
+
+function assertInvalidOption (t: Test, error: unknown, option: string, clientName?: string): void {
+  t.type(error, InvalidOptionsError)
+  t.type(error, HttpClientError)
+  const e = error as InvalidOptionsError
+  t.equal(e.code, 'FRH_INVALID_OPTIONS')
+  t.equal(e.option, option)
+  t.ok(e.message.includes(option), `message names ${option}: ${e.message}`)
+  if (clientName !== undefined) {
+    t.equal(e.clientName, clientName)
+    t.ok(e.message.includes(`"${clientName}"`), `message names client ${clientName}`)
+  }
+}
+
+const client = (options: Record<string, unknown>): unknown => ({ clients: { payments: { baseUrl: BASE, ...options } } })
+
+// [description, plugin options, expected option path, client named in the error]
+const cases: Array<[string, unknown, string, string?]> = [
+  // plugin level
+  ['no options at all', undefined, 'clients'],
+  ['clients missing', {}, 'clients'],
+  ['clients empty', { clients: {} }, 'clients'],
+  ['clients not an object', { clients: 'payments' }, 'clients'],
+  ['clients an array', { clients: [{ baseUrl: BASE }] }, 'clients'],
+  ['client name with a dash', { clients: { 'my-client': { baseUrl: BASE } } }, 'clients.my-client'],
+  ['client name starting with a digit', { clients: { '1st': { baseUrl: BASE } } }, 'clients.1st'],
+  ['client name with a dot', { clients: { 'a.b': { baseUrl: BASE } } }, 'clients.a.b'],
+  ['client options not an object', { clients: { payments: 'http://x' } }, 'clients.payments', 'payments'],
+  ['unknown plugin key', { clients: { payments: { baseUrl: BASE } }, client: {} }, 'client'],
+  ['requestIdHeader with a space', { clients: { payments: { baseUrl: BASE } }, requestIdHeader: 'x request id' }, 'requestIdHeader'],
+  ['requestIdHeader empty', { clients: { payments: { baseUrl: BASE } }, requestIdHeader: '' }, 'requestIdHeader'],
+  ['requestIdHeader a number', { clients: { payments: { baseUrl: BASE } }, requestIdHeader: 42 }, 'requestIdHeader'],
+  ['echoRequestId a string', { clients: { payments: { baseUrl: BASE } }, echoRequestId: 'yes' }, 'echoRequestId'],
+  ['propagateHeaders a string', { clients: { payments: { baseUrl: BASE } }, propagateHeaders: 'traceparent' }, 'propagateHeaders'],
+  ['propagateHeaders.0 not a header name', { clients: { payments: { baseUrl: BASE } }, propagateHeaders: ['trace parent'] }, 'propagateHeaders.0'],
+  ['propagateHeaders.1 with CRLF', { clients: { payments: { baseUrl: BASE } }, propagateHeaders: ['traceparent', 'x\r\ny'] }, 'propagateHeaders.1'],
+  ['propagateHeaders.0 a number', { clients: { payments: { baseUrl: BASE } }, propagateHeaders: [7] }, 'propagateHeaders.0'],
+  // defaults
+  ['defaults not an object', { clients: { payments: { baseUrl: BASE } }, defaults: 'fast' }, 'defaults'],
+  ['defaults.timeout negative', { clients: { payments: { baseUrl: BASE } }, defaults: { timeout: -1 } }, 'defaults.timeout'],
+  ['defaults unknown key', { clients: { payments: { baseUrl: BASE } }, defaults: { timeOut: 5 } }, 'defaults.timeOut'],
+  ['defaults.retry.maxAttempts 0', { clients: { payments: { baseUrl: BASE } }, defaults: { retry: { maxAttempts: 0 } } }, 'defaults.retry.maxAttempts'],
+  ['defaults.circuitBreaker unknown key', { clients: { payments: { baseUrl: BASE } }, defaults: { circuitBreaker: { threshold: 3 } } }, 'defaults.circuitBreaker.threshold'],
+  ['defaults.baseUrl not http', { clients: { payments: {} }, defaults: { baseUrl: 'ftp://files' } }, 'defaults.baseUrl'],
+  // client: unknown keys and types
+  ['unknown client key', client({ baseURL: BASE }), 'clients.payments.baseURL', 'payments'],
+  ['baseUrl missing', { clients: { payments: { timeout: 5 } } }, 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl not a string', client({ baseUrl: 42 }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl empty', client({ baseUrl: '' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl not a URL', client({ baseUrl: 'payments.internal/v1' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl ftp', client({ baseUrl: 'ftp://payments.internal' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl file', client({ baseUrl: 'file:///etc/passwd' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl ws', client({ baseUrl: 'ws://payments.internal' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl with a query string', client({ baseUrl: 'http://payments.internal/v1?key=1' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl with an empty query', client({ baseUrl: 'http://payments.internal/v1?' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl with a fragment', client({ baseUrl: 'http://payments.internal/v1#top' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl with an empty fragment', client({ baseUrl: 'http://payments.internal/#' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl with credentials', client({ baseUrl: 'http://user:secret@payments.internal' }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl with a user name', client({ baseUrl: 'https://user@payments.internal' }), 'clients.payments.baseUrl', 'payments'],
+  ['timeout negative', client({ timeout: -1 }), 'clients.payments.timeout', 'payments'],
+  ['timeout zero', client({ timeout: 0 }), 'clients.payments.timeout', 'payments'],
+  ['timeout a string', client({ timeout: '5000' }), 'clients.payments.timeout', 'payments'],
+  ['timeout NaN', client({ timeout: NaN }), 'clients.payments.timeout', 'payments'],
+  ['timeout Infinity', client({ timeout: Infinity }), 'clients.payments.timeout', 'payments'],
+  ['timeout past the timer limit', client({ timeout: 2 ** 31 }), 'clients.payments.timeout', 'payments'],
+  ['totalTimeout negative', client({ totalTimeout: -30 }), 'clients.payments.totalTimeout', 'payments'],
+  ['totalTimeout null', client({ totalTimeout: null }), 'clients.payments.totalTimeout', 'payments'],
+  ['propagateRequestId a number', client({ propagateRequestId: 1 }), 'clients.payments.propagateRequestId', 'payments'],
+  ['maxResponseBytes zero', client({ maxResponseBytes: 0 }), 'clients.payments.maxResponseBytes', 'payments'],
+  ['maxResponseBytes negative', client({ maxResponseBytes: -1 }), 'clients.payments.maxResponseBytes', 'payments'],
+  ['maxResponseBytes fractional', client({ maxResponseBytes: 1.5 }), 'clients.payments.maxResponseBytes', 'payments'],
+  ['maxResponseBytes a string', client({ maxResponseBytes: '1mb' }), 'clients.payments.maxResponseBytes', 'payments'],
+  // defaultHeaders
+  ['defaultHeaders not an object', client({ defaultHeaders: 'x-api-key: 1' }), 'clients.payments.defaultHeaders', 'payments'],
+  ['defaultHeaders value with CRLF', client({ defaultHeaders: { 'x-api-key': 'k\r\nHost: evil' } }), 'clients.payments.defaultHeaders.x-api-key', 'payments'],
+  ['defaultHeaders value with LF', client({ defaultHeaders: { 'X-Tenant': 'a\nb' } }), 'clients.payments.defaultHeaders.X-Tenant', 'payments'],
+  ['defaultHeaders value with CR', client({ defaultHeaders: { 'x-tenant': 'a\rb' } }), 'clients.payments.defaultHeaders.x-tenant', 'payments'],
+  ['defaultHeaders array value with LF', client({ defaultHeaders: { 'x-tags': ['a', 'b\nc'] } }), 'clients.payments.defaultHeaders.x-tags', 'payments'],
+  ['defaultHeaders name with a space', client({ defaultHeaders: { 'x api key': '1' } }), 'clients.payments.defaultHeaders.x api key', 'payments'],
+  ['defaultHeaders value an object', client({ defaultHeaders: { 'x-api-key': { v: 1 } } }), 'clients.payments.defaultHeaders.x-api-key', 'payments'],
+  // retry
+  ['retry true', client({ retry: true }), 'clients.payments.retry', 'payments'],
+  ['retry a number', client({ retry: 3 }), 'clients.payments.retry', 'payments'],
+  ['retry unknown key', client({ retry: { attempts: 3 } }), 'clients.payments.retry.attempts', 'payments'],
+  ['retry.maxAttempts 0', client({ retry: { maxAttempts: 0 } }), 'clients.payments.retry.maxAttempts', 'payments'],
+  ['retry.maxAttempts negative', client({ retry: { maxAttempts: -2 } }), 'clients.payments.retry.maxAttempts', 'payments'],
+  ['retry.maxAttempts fractional', client({ retry: { maxAttempts: 2.5 } }), 'clients.payments.retry.maxAttempts', 'payments'],
+  ['retry.maxAttempts a string', client({ retry: { maxAttempts: '3' } }), 'clients.payments.retry.maxAttempts', 'payments'],
+  ['retry.backoffInitialMs negative', client({ retry: { backoffInitialMs: -1 } }), 'clients.payments.retry.backoffInitialMs', 'payments'],
+  ['retry.backoffMaxMs below backoffInitialMs', client({ retry: { backoffInitialMs: 500, backoffMaxMs: 100 } }), 'clients.payments.retry.backoffMaxMs', 'payments'],
+  ['retry.backoffMaxMs below the default backoffInitialMs', client({ retry: { backoffMaxMs: 100 } }), 'clients.payments.retry.backoffMaxMs', 'payments'],
+  ['retry.jitter half', client({ retry: { jitter: 'half' } }), 'clients.payments.retry.jitter', 'payments'],
+  ['retry.jitter true', client({ retry: { jitter: true } }), 'clients.payments.retry.jitter', 'payments'],
+  ['retry.statusCodes not an array', client({ retry: { statusCodes: 503 } }), 'clients.payments.retry.statusCodes', 'payments'],
+  ['retry.statusCodes.0 below 100', client({ retry: { statusCodes: [99] } }), 'clients.payments.retry.statusCodes.0', 'payments'],
+  ['retry.statusCodes.1 above 599', client({ retry: { statusCodes: [503, 600] } }), 'clients.payments.retry.statusCodes.1', 'payments'],
+  ['retry.statusCodes.0 a string', client({ retry: { statusCodes: ['503'] } }), 'clients.payments.retry.statusCodes.0', 'payments'],
+  ['retry.respectRetryAfter a string', client({ retry: { respectRetryAfter: 'yes' } }), 'clients.payments.retry.respectRetryAfter', 'payments'],
+  ['retry.retryNonIdempotent a number', client({ retry: { retryNonIdempotent: 1 } }), 'clients.payments.retry.retryNonIdempotent', 'payments'],
+  ['retry.budget true', client({ retry: { budget: true } }), 'clients.payments.retry.budget', 'payments'],
+  ['retry.budget unknown key', client({ retry: { budget: { perSecond: 5 } } }), 'clients.payments.retry.budget.perSecond', 'payments'],
+  ['retry.budget.ratio negative', client({ retry: { budget: { ratio: -0.1 } } }), 'clients.payments.retry.budget.ratio', 'payments'],
+  ['retry.budget.minPerSecond a string', client({ retry: { budget: { minPerSecond: '10' } } }), 'clients.payments.retry.budget.minPerSecond', 'payments'],
+  // circuitBreaker
+  ['circuitBreaker true', client({ circuitBreaker: true }), 'clients.payments.circuitBreaker', 'payments'],
+  ['circuitBreaker unknown key', client({ circuitBreaker: { resetMs: 10 } }), 'clients.payments.circuitBreaker.resetMs', 'payments'],
+  ['circuitBreaker.failureThreshold 0', client({ circuitBreaker: { failureThreshold: 0 } }), 'clients.payments.circuitBreaker.failureThreshold', 'payments'],
+  ['circuitBreaker.recoveryMs negative', client({ circuitBreaker: { recoveryMs: -1 } }), 'clients.payments.circuitBreaker.recoveryMs', 'payments'],
+  ['circuitBreaker.halfOpenMaxProbes fractional', client({ circuitBreaker: { halfOpenMaxProbes: 1.5 } }), 'clients.payments.circuitBreaker.halfOpenMaxProbes', 'payments'],
+  // pool and dispatcher
+  ['pool not an object', client({ pool: 10 }), 'clients.payments.pool', 'payments'],
+  ['pool.connections rejected by undici', client({ pool: { connections: -1 } }), 'clients.payments.pool', 'payments'],
+  ['pool.connect rejected by undici', client({ pool: { connect: 'tls' } }), 'clients.payments.pool', 'payments'],
+  ['pool.keepAliveTimeout rejected by undici', client({ pool: { keepAliveTimeout: -1 } }), 'clients.payments.pool', 'payments'],
+  ['pool.bodyTimeout rejected by undici', client({ pool: { bodyTimeout: -1 } }), 'clients.payments.pool', 'payments'],
+  ['pool.headersTimeout rejected by undici', client({ pool: { headersTimeout: 'soon' } }), 'clients.payments.pool', 'payments'],
+  ['dispatcher a plain object', client({ dispatcher: { request () {} } }), 'clients.payments.dispatcher', 'payments'],
+  ['dispatcher a string', client({ dispatcher: 'global' }), 'clients.payments.dispatcher', 'payments'],
+  // the failing client is named, not the first one
+  ['second client invalid', { clients: { users: { baseUrl: BASE }, payments: { baseUrl: BASE, retry: { maxAttempts: 0 } } } }, 'clients.payments.retry.maxAttempts', 'payments']
+]
+
+test('every invalid option fails registration with InvalidOptionsError naming it', async (t) => {
+  for (const [description, options, option, clientName] of cases) {
+    await t.test(description, async (t) => {
+      assertInvalidOption(t, await registrationError(t, options), option, clientName)
+    })
+  }
+})
+
+test('a registration that failed decorates nothing and sends nothing', async (t) => {
+  const upstream = await startUpstream((_req, res) => sendJson(res, 200, {}))
+  t.teardown(() => upstream.close())
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(resilientHttp, { clients: { users: { baseUrl: upstream.url }, payments: { baseUrl: upstream.url, timeout: -1 } } })
+  const error = await rejection(app.ready())
+  assertInvalidOption(t, error, 'clients.payments.timeout', 'payments')
+  t.equal(app.hasDecorator('httpClients'), false)
+  t.equal(upstream.hits.length, 0)
+})
+
+test('valid edge values are accepted', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, {
+    defaults: { retry: false, circuitBreaker: false },
+    requestIdHeader: 'X-Correlation-Id',
+    echoRequestId: false,
+    propagateHeaders: ['traceparent', 'Tracestate'],
+    clients: {
+      _internal: { baseUrl: 'https://internal.example/' },
+      $api: { baseUrl: 'http://127.0.0.1:8080/v1/', retry: { maxAttempts: 1, backoffInitialMs: 0, backoffMaxMs: 0, jitter: 'none', statusCodes: [] } },
+      users2: { baseUrl: 'http://[::1]:3000', maxResponseBytes: 1, pool: { connections: 2, pipelining: 1 }, dispatcher: new MockAgent() }
+    }
+  })
+  await app.ready()
+  t.same(Object.keys(app.httpClients), ['_internal', '$api', 'users2'])
+})
+
+test('defaults merge deeply under each client', async (t) => {
+  t.test('in the resolved options', async (t) => {
+    const resolved = resolvePluginOptions({
+      defaults: {
+        timeout: 1_000,
+        retry: { maxAttempts: 5, budget: { ratio: 0.5 } },
+        circuitBreaker: { failureThreshold: 2 },
+        pool: { connections: 4 },
+        defaultHeaders: { 'x-tenant': 'base', 'x-default-only': '1' }
+      },
+      clients: {
+        payments: {
+          baseUrl: BASE,
+          retry: { backoffInitialMs: 7, budget: { minPerSecond: 3 } },
+          circuitBreaker: { recoveryMs: 99 },
+          pool: { pipelining: 2 },
+          defaultHeaders: { 'X-Tenant': 'acme' }
+        },
+        users: { baseUrl: BASE, timeout: 2_000, retry: false, circuitBreaker: false },
+        orders: { baseUrl: BASE }
+      }
+    })
+    const [payments, users, orders] = resolved.clients
+    t.equal(payments.timeout, 1_000)
+    t.match(payments.retry, { maxAttempts: 5, backoffInitialMs: 7, backoffMaxMs: 10_000, jitter: 'full', budget: { ratio: 0.5, minPerSecond: 3 } })
+    t.match(payments.circuitBreaker, { failureThreshold: 2, recoveryMs: 99, halfOpenMaxProbes: 1 })
+    t.match(payments.pool, { connections: 4, pipelining: 2 })
+    t.same(payments.defaultHeaders, ['x-default-only', '1', 'x-tenant', 'acme'])
+    t.equal(users.timeout, 2_000)
+    t.equal(users.retry, false)
+    t.equal(users.circuitBreaker, false)
+    t.match(orders.retry, { maxAttempts: 5, backoffInitialMs: 200, budget: { ratio: 0.5, minPerSecond: 10 } })
+    t.match(orders.circuitBreaker, { failureThreshold: 2, recoveryMs: 30_000 })
+  })
+
+  t.test('a default retry: false is replaced by a client retry object', async (t) => {
+    const resolved = resolvePluginOptions({ defaults: { retry: false }, clients: { a: { baseUrl: BASE, retry: { maxAttempts: 2 } } } })
+    t.match(resolved.clients[0].retry, { maxAttempts: 2, backoffInitialMs: 200 })
+  })
+
+  t.test('in behaviour: defaults.retry and the client backoff both apply', async (t) => {
+    const upstream = await startUpstream((_req, res) => sendJson(res, 503, { down: true }))
+    t.teardown(() => upstream.close())
+    const waits: number[] = []
+    const onRetry = (message: unknown): void => {
+      const event = message as RetryEvent
+      if (event.client === 'payments' && event.path === '/health') waits.push(event.waitMs)
+    }
+    diagnosticsChannel.subscribe(CHANNELS.retry, onRetry)
+    t.teardown(() => diagnosticsChannel.unsubscribe(CHANNELS.retry, onRetry))
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(resilientHttp, {
+      defaults: { retry: { maxAttempts: 4, jitter: 'none' }, circuitBreaker: false },
+      clients: { payments: { baseUrl: upstream.url, retry: { backoffInitialMs: 1, backoffMaxMs: 2 } } }
+    })
+    const res = await app.httpClients.payments.get('/health')
+    t.equal(res.statusCode, 503)
+    // 4 attempts (the default's maxAttempts, not the built-in 3), with the
+    // client's backoff and the default's jitter: 1, 2, then capped at 2.
+    t.equal(res.attempts, 4)
+    t.equal(upstream.hits.length, 4)
+    t.same(waits, [1, 2, 2])
+  })
+})
+
+test('defaultHeaders merge without regard to case: the client X-Tenant replaces the default x-tenant on the wire', async (t) => {
+  const seen: IncomingMessage['rawHeaders'][] = []
+  const upstream = await startUpstream((req, res) => {
+    seen.push(req.rawHeaders)
+    sendJson(res, 200, {})
+  })
+  t.teardown(() => upstream.close())
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, {
+    defaults: { defaultHeaders: { 'x-tenant': 'default-tenant', 'x-from-defaults': 'yes' } },
+    clients: {
+      payments: { baseUrl: upstream.url, defaultHeaders: { 'X-Tenant': 'acme' } },
+      users: { baseUrl: upstream.url }
+    }
+  })
+  await app.httpClients.payments.get('/a')
+  await app.httpClients.users.get('/b')
+  t.equal(upstream.hits.length, 2)
+  t.equal(upstream.hits[0].headers['x-tenant'], 'acme')
+  t.equal(upstream.hits[0].headers['x-from-defaults'], 'yes')
+  const tenantLines = (raw: string[]): string[] => raw.filter((_v, i) => i % 2 === 0 && raw[i].toLowerCase() === 'x-tenant')
+  t.equal(tenantLines(seen[0]).length, 1, 'one x-tenant header line')
+  t.equal(upstream.hits[1].headers['x-tenant'], 'default-tenant')
+  t.equal(upstream.hits[1].headers['x-from-defaults'], 'yes')
+})
+
+test('registering the plugin twice in one scope fails clearly', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(resilientHttp, { clients: { users: { baseUrl: BASE } } })
+  app.register(resilientHttp, { clients: { payments: { baseUrl: BASE } } })
+  const error = await rejection(app.ready())
+  t.type(error, InvalidOptionsError)
+  t.equal((error as InvalidOptionsError).code, 'FRH_INVALID_OPTIONS')
+  t.match((error as Error).message, /already registered/)
+})
+
+test('an unknown client name throws an error naming the registered clients', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { payments: { baseUrl: BASE }, users: { baseUrl: BASE } } })
+  await app.ready()
+  t.ok(app.httpClients.payments)
+  t.equal(app.httpClients.users.name, 'users')
+  const error = t.throws(() => app.httpClients.paymnets) as Error
+  t.match(error.message, /"paymnets"/)
+  t.match(error.message, /payments, users/)
+  t.same(Object.keys(app.httpClients), ['payments', 'users'])
+  t.equal('paymnets' in app.httpClients, false)
+})
+
+test('createHttpClient validates its own options', async (t) => {
+  const cases: Array<[string, unknown, string]> = [
+    ['options missing', undefined, 'options'],
+    ['options null', null, 'options'],
+    ['name missing', { baseUrl: BASE }, 'name'],
+    ['name empty', { name: '', baseUrl: BASE }, 'name'],
+    ['name a number', { name: 7, baseUrl: BASE }, 'name'],
+    ['logger without child()', { name: 'users', baseUrl: BASE, logger: { info () {} } }, 'logger'],
+    ['logger a string', { name: 'users', baseUrl: BASE, logger: 'console' }, 'logger'],
+    ['baseUrl missing', { name: 'users' }, 'baseUrl'],
+    ['baseUrl with a query', { name: 'users', baseUrl: 'http://users/?a=1' }, 'baseUrl'],
+    ['unknown key', { name: 'users', baseUrl: BASE, retries: 3 }, 'retries'],
+    ['retry.maxAttempts 0', { name: 'users', baseUrl: BASE, retry: { maxAttempts: 0 } }, 'retry.maxAttempts'],
+    ['circuitBreaker unknown key', { name: 'users', baseUrl: BASE, circuitBreaker: { x: 1 } }, 'circuitBreaker.x'],
+    ['pool rejected by undici', { name: 'users', baseUrl: BASE, pool: { connections: -1 } }, 'pool'],
+    ['pool rejected by undici client', { name: 'users', baseUrl: BASE, pool: { keepAliveTimeout: -1 } }, 'pool'],
+    ['dispatcher not a dispatcher', { name: 'users', baseUrl: BASE, dispatcher: {} }, 'dispatcher']
+  ]
+  for (const [description, options, option] of cases) {
+    const error = t.throws(() => createHttpClient(options as never), description)
+    t.type(error, InvalidOptionsError, description)
+    t.equal((error as InvalidOptionsError).code, 'FRH_INVALID_OPTIONS', description)
+    t.equal((error as InvalidOptionsError).option, option, description)
+  }
+})
+
+test('createHttpClient works without Fastify, with or without a logger', async (t) => {
+  const upstream = await startUpstream((_req, res, hit) => sendJson(res, 200, { url: hit.url }))
+  t.teardown(() => upstream.close())
+  const lines: string[] = []
+  const logger = pino({ level: 'debug' }, { write: (line: string) => { lines.push(line) } })
+  const withLogger = createHttpClient({ name: 'users', baseUrl: `${upstream.url}/api`, logger, retry: { backoffInitialMs: 1, backoffMaxMs: 1 } })
+  const silent = createHttpClient({ name: 'silent', baseUrl: upstream.url })
+  t.teardown(() => withLogger.close())
+  t.teardown(() => silent.close())
+  t.equal(withLogger.name, 'users')
+  t.same(await (await withLogger.get('/me')).json(), { url: '/api/me' })
+  t.same(await (await silent.get('/ping')).json(), { url: '/ping' })
+  t.equal(upstream.hits.length, 2)
+})
+
+test('a given dispatcher is used instead of an own pool', async (t) => {
+  const upstream = await startUpstream((_req, res) => sendJson(res, 200, { via: 'agent' }))
+  t.teardown(() => upstream.close())
+  const agent = new Agent()
+  t.teardown(() => agent.close())
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { users: { baseUrl: upstream.url, dispatcher: agent } } })
+  const res = await app.httpClients.users.get('/x')
+  t.same(await res.json(), { via: 'agent' })
+  t.equal(upstream.hits.length, 1)
+})
