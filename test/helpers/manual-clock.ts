@@ -87,7 +87,7 @@ export class ManualClock implements Clock {
  * Waits in real time (polling, bounded) until `condition` holds: the
  * sockets keep working while the manual clock stands still.
  */
-export async function until (condition: () => boolean, what: string, limitMs = 5_000): Promise<void> {
+export async function until (condition: () => boolean, what: string, limitMs = 20_000): Promise<void> {
   const deadline = Date.now() + limitMs
   while (!condition()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${limitMs} ms waiting for ${what}`)
