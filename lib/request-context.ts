@@ -1,4 +1,4 @@
-import { AsyncLocalStorage, AsyncResource } from 'node:async_hooks'
+import { AsyncLocalStorage } from 'node:async_hooks'
 import { asyncLocalStorage } from '@fastify/request-context'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import { randomUUID } from 'node:crypto'
@@ -17,7 +17,6 @@ type Store = Record<PropertyKey, unknown>
 
 const kOutbound = Symbol('fastify-resilient-http.outbound')
 const kContext = Symbol('fastify-resilient-http.context')
-const kResource = Symbol('fastify-resilient-http.async-resource')
 const EMPTY: HeaderList = []
 
 const storage = asyncLocalStorage as unknown as { getStore(): Store | undefined, run<R>(store: Store, fn: () => R): R }
@@ -105,34 +104,26 @@ export function installRequestContext (fastify: FastifyInstance, settings: Reque
     }
     const own: Store = {}
     fillStore(own, request)
-    const enter = (): void => storage.run(own, () => {
-      const resource = new AsyncResource('fastify-resilient-http')
-      ;(request as unknown as Record<symbol, AsyncResource>)[kResource] = resource
-      resource.runInAsyncScope(done, request.raw)
-    })
-    if (registeredAfter) {
-      ownStorage.run(own, enter)
-    } else {
-      enter()
-    }
+    // Fastify 5 keeps this context through body parsing (its content-type
+    // parser runs in an AsyncResource), so the handler runs inside it too.
+    enterStore(own, done)
   })
 
-  // preValidation, preHandler and the handler run from the request's 'end'
-  // event, outside the context opened in onRequest: enter it again.
-  fastify.addHook('preValidation', function resilientHttpEnterContext (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
-    const resource = (request as unknown as Record<symbol, AsyncResource | undefined>)[kResource]
-    if (resource === undefined) {
-      done()
+  function enterStore (own: Store, done: HookHandlerDoneFunction): void {
+    if (registeredAfter) {
+      ownStorage.run(own, () => storage.run(own, done))
     } else {
-      resource.runInAsyncScope(done, request.raw)
+      storage.run(own, done)
     }
-  })
+  }
 
   // A @fastify/request-context registered after this plugin opens a fresh
   // store after ours: fill that one too before the handler runs.
   fastify.addHook('preHandler', function resilientHttpFillContext (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
-    const store = storage.getStore()
-    if (store !== undefined && store[kOutbound] === undefined) fillStore(store, request)
+    if (registeredAfter) {
+      const store = storage.getStore()
+      if (store !== undefined && store[kOutbound] === undefined) fillStore(store, request)
+    }
     done()
   })
 }

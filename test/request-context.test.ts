@@ -1,6 +1,7 @@
 import fastifyRequestContext, { requestContext } from '@fastify/request-context'
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import type { AddressInfo } from 'node:net'
+import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import { Agent, request as undiciRequest } from 'undici'
@@ -293,3 +294,45 @@ test('an inject()ed request propagates its id like a real one', async (t) => {
   t.equal(hits.length, DEEP_STEPS.length + 1)
   t.same(hits.filter((hit) => hit.headers['x-request-id'] !== 'injected-1').map((hit) => query(hit, 'step')), [])
 })
+
+// A request with a body reaches the handler from its 'end' event, outside the
+// context opened in onRequest: the plugin must enter it again.
+for (const order of ['none', 'before', 'after'] as const) {
+  test(`an inbound POST with a body propagates its id (request-context: ${order})`, async (t) => {
+    const upstream = await startScriptedUpstream(t)
+    const app = Fastify({ genReqId: requestIdGenerator() })
+    t.teardown(() => app.close())
+    if (order === 'before') await app.register(fastifyRequestContext)
+    await app.register(resilientHttp, { clients: { up: { baseUrl: upstream.url } } })
+    if (order === 'after') await app.register(fastifyRequestContext)
+    const seen: Array<string | undefined> = []
+    app.addHook('preHandler', async () => { seen.push(currentRequestId()) })
+    app.post('/orders', async (request) => {
+      await sleep(2)
+      seen.push(currentRequestId())
+      const res = await request.server.httpClients.up.get(`/?marker=${(request.body as { marker: string }).marker}`)
+      return res.json()
+    })
+    const { base, agent } = await listen(t, app)
+    const ids = ['post-a', 'post-b', 'post-c']
+    // The body comes in two parts apart, so it arrives after onRequest has run.
+    async function * slowBody (id: string): AsyncGenerator<string> {
+      yield '{"marker":'
+      await sleep(20)
+      yield JSON.stringify(id) + '}'
+    }
+    const replies = await Promise.all(ids.map((id) => undiciRequest(`${base}/orders`, {
+      method: 'POST',
+      dispatcher: agent,
+      headers: { 'x-request-id': id, 'content-type': 'application/json' },
+      body: Readable.from(slowBody(id))
+    })))
+    for (const reply of replies) {
+      t.equal(reply.statusCode, 200)
+      await reply.body.dump()
+    }
+    t.equal(upstream.hits.length, ids.length)
+    for (const hit of upstream.hits) t.equal(hit.headers['x-request-id'], query(hit, 'marker'), 'each upstream hit carries its own id')
+    t.same([...seen].sort(), [...ids, ...ids].sort(), 'the hook and the handler both see the id')
+  })
+}
