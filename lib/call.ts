@@ -358,7 +358,8 @@ export class Call implements DeadlineEntry {
   private retryOrEnd (failure: Failure, reason: string): void {
     this.lastFailure = failure
     const retry = this.retry
-    if (retry === false || this.client.closed || this.callerSignal?.aborted === true) {
+    // maxAttempts 1 turns retries off like `retry: false`: nothing to report.
+    if (retry === false || retry.maxAttempts === 1 || this.client.closed || this.callerSignal?.aborted === true) {
       this.endWithLastFailure(null)
       return
     }

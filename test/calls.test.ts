@@ -7,16 +7,7 @@ import { test, type Test } from 'tap'
 import resilientHttp, { createHttpClient, type HttpClient, InvalidRequestError } from '../plugin'
 import type { CallOptions } from '../lib/types'
 import './helpers/fastify-types'
-import { sendJson, startUpstream, type Upstream } from './helpers/upstream'
-
-async function rejection (promise: PromiseLike<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected a rejection')
-}
+import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
 
 /** Polls `check` every 10 ms for at most `ms`. */
 async function eventually (check: () => boolean, ms = 3_000): Promise<boolean> {

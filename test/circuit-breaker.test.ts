@@ -1,7 +1,5 @@
 import diagnosticsChannel from 'node:diagnostics_channel'
-import { once } from 'node:events'
 import type { ServerResponse } from 'node:http'
-import net, { type AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import { CircuitOpenError, TimeoutError, UpstreamError } from '../lib/errors'
@@ -9,7 +7,7 @@ import { CHANNELS, type CircuitEvent, type RetrySkippedEvent } from '../lib/even
 import type { HttpClient } from '../lib/http-client'
 import type { HttpResponse } from '../lib/response'
 import { type ClockedClientOptions, ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
-import { sendJson, startUpstream, type Upstream } from './helpers/upstream'
+import { sendJson, startUpstream, type Upstream, refusedPort, rejection } from './helpers/upstream'
 
 const RECOVERY = 10_000
 const ATTEMPT_TIMEOUT = 50_000
@@ -54,19 +52,6 @@ function breakerClient (t: Test, baseUrl: string, clock: ManualClock, options: P
   }, clock)
   t.teardown(() => client.close())
   return client
-}
-
-async function refusedPort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
-}
-
-async function rejection (promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(() => null, (error: unknown) => error)
 }
 
 async function statuses (client: HttpClient, count: number): Promise<number[]> {

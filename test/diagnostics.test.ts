@@ -1,6 +1,4 @@
 import diagnosticsChannel from 'node:diagnostics_channel'
-import { once } from 'node:events'
-import net, { type AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import Fastify from 'fastify'
 import pino from 'pino'
@@ -11,7 +9,7 @@ import { CHANNELS, type CircuitEvent, type RetryEvent, type RetrySkippedEvent } 
 import type { ClientOptions } from '../lib/types'
 import './helpers/fastify-types'
 import { ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
-import { type Handler, sendJson, startUpstream, type Upstream } from './helpers/upstream'
+import { type Handler, sendJson, startUpstream, type Upstream, refusedPort } from './helpers/upstream'
 
 /** Timeouts that only a hung call reaches, so a busy machine cannot fail these tests. */
 const PATIENT = { timeout: 60_000, totalTimeout: 120_000 }
@@ -60,15 +58,6 @@ function always (status: number, headers: Record<string, string> = {}): Handler 
 
 function failing (status: number, failures: number): Handler {
   return (_req, res, _hit, index) => sendJson(res, index < failures ? status : 200, {})
-}
-
-async function refusedPort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
 }
 
 test('each retry publishes client, method, path, attempt, reason and wait', async (t) => {

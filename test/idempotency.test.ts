@@ -1,11 +1,9 @@
-import { once } from 'node:events'
-import net, { type AddressInfo } from 'node:net'
 import { Readable } from 'node:stream'
 import { test, type Test } from 'tap'
 import { UpstreamError } from '../lib/errors'
 import { createHttpClient, type HttpClient } from '../lib/http-client'
 import type { ClientOptions } from '../lib/types'
-import { type Handler, sendJson, startUpstream, type Upstream } from './helpers/upstream'
+import { type Handler, sendJson, startUpstream, type Upstream, refusedPort, rejection } from './helpers/upstream'
 
 /** Timeouts that only a hung call reaches, so a busy machine cannot fail these tests. */
 const PATIENT = { timeout: 60_000, totalTimeout: 120_000 }
@@ -25,15 +23,6 @@ function clientFor (t: Test, baseUrl: string, retry: ClientOptions['retry'] = QU
   return client
 }
 
-async function refusedPort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
-}
-
 /** Answers `status` to the first `failures` hits, then 200. */
 function failing (status: number, failures: number): Handler {
   return (_req, res, _hit, index) => {
@@ -48,10 +37,6 @@ function resetting (failures: number): Handler {
     if (index < failures) req.socket.destroy()
     else sendJson(res, 200, { ok: true })
   }
-}
-
-async function rejection (promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(() => null, (error: unknown) => error)
 }
 
 test('a POST without a key is sent once on a 503 and resolves with it', async (t) => {

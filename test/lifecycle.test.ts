@@ -7,19 +7,10 @@ import { test } from 'tap'
 import { Agent, MockAgent, request as undiciRequest } from 'undici'
 import resilientHttp, { CHANNELS, ClientClosedError, createHttpClient, type RetryEvent } from '../plugin'
 import './helpers/fastify-types'
-import { sendJson, startUpstream } from './helpers/upstream'
+import { sendJson, startUpstream, rejection } from './helpers/upstream'
 
 // Wall-clock bounds are deliberately loose: the machine running the suite may be busy.
 const SLACK_MS = 3000
-
-async function rejectionOf (promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected the call to reject')
-}
 
 /** Polls `check` until it holds, for at most `ms`. */
 async function eventually (check: () => boolean, ms: number): Promise<boolean> {
@@ -77,7 +68,7 @@ test('calls made after fastify.close() reject with ClientClosedError and send no
   await app.close()
 
   for (const call of [() => client.get('/ok'), () => client.post('/ok', { json: {} }), () => client.request({ method: 'PUT', path: '/ok' })]) {
-    const error = await rejectionOf(call())
+    const error = await rejection(call())
     t.ok(error instanceof ClientClosedError)
     t.equal((error as ClientClosedError).code, 'FRH_CLIENT_CLOSED')
     t.equal((error as ClientClosedError).clientName, 'api')
@@ -95,7 +86,7 @@ test('client.close() refuses new calls and is idempotent', async (t) => {
   const first = client.close()
   t.equal(client.close(), first, 'a second close() returns the same promise')
   await first
-  const error = await rejectionOf(client.get('/ok'))
+  const error = await rejection(client.get('/ok'))
   t.ok(error instanceof ClientClosedError)
   t.equal((error as ClientClosedError).method, 'GET')
   t.equal(upstream.hits.length, 0)
@@ -136,7 +127,7 @@ test('client.close() refuses calls at once while a call in flight finishes', asy
   const inFlight = client.get('/slow')
   t.ok(await eventually(() => upstream.hits.length === 1, SLACK_MS), 'the call reached the upstream')
   const closing = client.close()
-  const refused = await rejectionOf(client.get('/ok'))
+  const refused = await rejection(client.get('/ok'))
   t.ok(refused instanceof ClientClosedError, 'a call made while closing is refused')
   t.equal(client.stats().inFlight, 1, 'the first call is still under way')
 
@@ -157,7 +148,7 @@ test('close cuts a wait between retries with ClientClosedError', async (t) => {
   const client = app.httpClients.waiter
 
   const retried = nextRetryOf('waiter')
-  const call = rejectionOf(client.get('/unavailable'))
+  const call = rejection(client.get('/unavailable'))
   const event = await retried
   t.equal(event.waitMs, 5000, 'the call is waiting 5 s before its retry')
 
@@ -186,7 +177,7 @@ test('after the grace period a call that never gets an answer is destroyed', asy
   await app.ready()
   const client = app.httpClients.api
 
-  const call = rejectionOf(client.get('/hang', { timeout: 30_000, totalTimeout: 30_000 }))
+  const call = rejection(client.get('/hang', { timeout: 30_000, totalTimeout: 30_000 }))
   t.ok(await eventually(() => upstream.hits.length === 1, SLACK_MS), 'the call reached the upstream')
   const started = Date.now()
   await app.close()
@@ -209,7 +200,7 @@ test('a given undici Agent is not closed by client.close(), and its stuck calls 
   const client = createHttpClient({ name: 'shared', baseUrl: upstream.url, dispatcher: agent, timeout: 300, retry: false })
 
   t.equal((await client.get('/ok')).statusCode, 200)
-  const call = rejectionOf(client.get('/hang', { timeout: 30_000, totalTimeout: 30_000 }))
+  const call = rejection(client.get('/hang', { timeout: 30_000, totalTimeout: 30_000 }))
   t.ok(await eventually(() => upstream.hits.length === 2, SLACK_MS))
   const started = Date.now()
   await client.close()

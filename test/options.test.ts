@@ -7,18 +7,9 @@ import { Agent, MockAgent } from 'undici'
 import resilientHttp, { CHANNELS, createHttpClient, HttpClientError, InvalidOptionsError, type RetryEvent } from '../plugin'
 import { resolvePluginOptions } from '../lib/options'
 import './helpers/fastify-types'
-import { sendJson, startUpstream } from './helpers/upstream'
+import { sendJson, startUpstream, rejection } from './helpers/upstream'
 
 const BASE = 'http://127.0.0.1:9'
-
-async function rejection (promise: PromiseLike<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected a rejection')
-}
 
 /** Registers the plugin with `options` and returns why `ready()` failed. */
 async function registrationError (t: Test, options: unknown): Promise<unknown> {

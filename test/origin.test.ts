@@ -7,7 +7,7 @@ import { test } from 'tap'
 import resilientHttp, { createHttpClient, HttpClientError, InvalidRequestError } from '../plugin'
 import type { CallOptions } from '../lib/types'
 import './helpers/fastify-types'
-import { sendJson, startUpstream } from './helpers/upstream'
+import { sendJson, startUpstream, rejection } from './helpers/upstream'
 
 interface Listener {
   host: string
@@ -36,15 +36,6 @@ async function startDecoy (): Promise<Listener> {
       await new Promise<void>((resolve) => server.close(() => resolve()))
     }
   }
-}
-
-async function rejection (promise: PromiseLike<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected a rejection')
 }
 
 test('every way out of the origin is refused before anything is sent', async (t) => {

@@ -7,16 +7,7 @@ import resilientHttp, {
 } from '../plugin'
 import type { CreateHttpClientOptions } from '../lib/types'
 import './helpers/fastify-types'
-import { type Handler, sendJson, startUpstream, type Upstream } from './helpers/upstream'
-
-async function rejection (promise: PromiseLike<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected a rejection')
-}
+import { type Handler, sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
 
 async function setup (t: Test, handler: Handler, options: Partial<CreateHttpClientOptions> = {}): Promise<{ upstream: Upstream, client: HttpClient }> {
   const upstream = await startUpstream(handler)

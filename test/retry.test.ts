@@ -1,12 +1,10 @@
-import { once } from 'node:events'
-import net, { type AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import { TimeoutError, UpstreamError } from '../lib/errors'
 import { createHttpClient, type HttpClient } from '../lib/http-client'
 import type { ClientOptions } from '../lib/types'
 import { CLOCK_START, ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
-import { type Handler, sendJson, startUpstream, type Upstream } from './helpers/upstream'
+import { type Handler, sendJson, startUpstream, type Upstream, refusedPort } from './helpers/upstream'
 
 /** Timeouts that only a hung call reaches, so a busy machine cannot fail these tests. */
 const PATIENT = { timeout: 60_000, totalTimeout: 120_000 }
@@ -36,16 +34,6 @@ function manualClient (t: Test, baseUrl: string, clock: ManualClock, options: Cl
 /** The waits between attempts that a call asked of the clock (attempt timeouts left out). */
 function waits (clock: ManualClock): number[] {
   return clock.requested.filter((ms) => ms !== ATTEMPT_TIMEOUT)
-}
-
-/** A port that was listening a moment ago and is now closed: connecting is refused. */
-async function refusedPort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
 }
 
 /** Answers the scripted statuses in turn, then 200. */

@@ -4,20 +4,10 @@ import Fastify from 'fastify'
 import { test } from 'tap'
 import resilientHttp, { createHttpClient, type HttpClient, TimeoutError } from '../plugin'
 import './helpers/fastify-types'
-import { sendJson, startUpstream, type Upstream } from './helpers/upstream'
+import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
 
 // Wall-clock bounds are deliberately loose: the machine running the suite may be busy.
 const SLACK_MS = 2500
-
-/** The promise's rejection, or a failure of the test when it resolves. */
-async function rejectionOf (promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise
-  } catch (error) {
-    return error
-  }
-  throw new Error('expected the call to reject')
-}
 
 /** Sockets the upstream has accepted, in order. */
 function trackSockets (upstream: Upstream): Socket[] {
@@ -73,7 +63,7 @@ test('timeout bounds one attempt against an upstream that never answers', async 
   await warmUp(client)
 
   const started = Date.now()
-  const error = await rejectionOf(client.get('/hang'))
+  const error = await rejection(client.get('/hang'))
   const elapsed = Date.now() - started
 
   t.ok(error instanceof TimeoutError, 'a TimeoutError')
@@ -104,7 +94,7 @@ test('an attempt timeout is retried and the last one is reported with the attemp
   })
   t.teardown(() => client.close())
 
-  const error = await rejectionOf(client.get('/hang'))
+  const error = await rejection(client.get('/hang'))
 
   t.ok(error instanceof TimeoutError)
   t.equal((error as TimeoutError).kind, 'attempt')
@@ -130,7 +120,7 @@ test('totalTimeout fires during a later attempt and bounds the whole call', asyn
   t.teardown(() => client.close())
 
   const started = Date.now()
-  const error = await rejectionOf(client.get('/hang'))
+  const error = await rejection(client.get('/hang'))
   const elapsed = Date.now() - started
 
   t.ok(error instanceof TimeoutError)
@@ -157,7 +147,7 @@ test('totalTimeout bounds many short attempts and the waits between them', async
   t.teardown(() => client.close())
 
   const started = Date.now()
-  const error = await rejectionOf(client.get('/hang'))
+  const error = await rejection(client.get('/hang'))
   const elapsed = Date.now() - started
 
   // Which deadline ends the call depends on timer drift (the last attempt's own
@@ -178,7 +168,7 @@ test('a totalTimeout shorter than timeout ends the first attempt', async (t) => 
   t.teardown(() => client.close())
 
   const started = Date.now()
-  const error = await rejectionOf(client.get('/hang'))
+  const error = await rejection(client.get('/hang'))
   const elapsed = Date.now() - started
 
   t.ok(error instanceof TimeoutError)
@@ -201,7 +191,7 @@ test('reading a body that stalls after the headers is bounded by the attempt tim
   const started = Date.now()
   const res = await client.get('/stall')
   t.equal(res.statusCode, 200, 'the headers arrive in time')
-  const error = await rejectionOf(res.json())
+  const error = await rejection(res.json())
   const elapsed = Date.now() - started
 
   t.ok(error instanceof TimeoutError, 'json() rejects with a TimeoutError')
@@ -221,7 +211,7 @@ test('a non-2xx body that stalls is read within the attempt timeout before the c
   const client = createHttpClient({ name: 'slow', baseUrl: upstream.url, timeout: 150, retry: false })
   t.teardown(() => client.close())
 
-  const error = await rejectionOf(client.get('/stall'))
+  const error = await rejection(client.get('/stall'))
 
   t.ok(error instanceof TimeoutError)
   t.equal((error as TimeoutError).kind, 'attempt')
@@ -261,7 +251,7 @@ test('a timed-out attempt does not leave its socket busy', async (t) => {
   await warmUp(client)
   t.equal(sockets.length, 1, 'one connection, kept alive')
 
-  const error = await rejectionOf(client.get('/hang'))
+  const error = await rejection(client.get('/hang'))
   t.ok(error instanceof TimeoutError)
   await closedWithin(sockets[0], 2000)
   t.ok(sockets[0].destroyed, 'the upstream saw the timed-out socket close')
@@ -293,20 +283,20 @@ test('a per-call timeout overrides the client timeout, both ways', async (t) => 
   await app.ready()
 
   const started = Date.now()
-  const error = await rejectionOf(app.httpClients.patient.get('/hang', { timeout: 150 }))
+  const error = await rejection(app.httpClients.patient.get('/hang', { timeout: 150 }))
   const elapsed = Date.now() - started
   t.ok(error instanceof TimeoutError)
   t.equal((error as TimeoutError).kind, 'attempt')
   t.equal((error as TimeoutError).timeoutMs, 150)
   t.ok(elapsed >= 120 && elapsed <= SLACK_MS, `the shorter per-call timeout fired after ${elapsed} ms`)
 
-  const hastyError = await rejectionOf(app.httpClients.hasty.get('/late'))
+  const hastyError = await rejection(app.httpClients.hasty.get('/late'))
   t.ok(hastyError instanceof TimeoutError, 'the client timeout alone is too short for this upstream')
   const res = await app.httpClients.hasty.get('/late', { timeout: 3000 })
   t.equal(res.statusCode, 200, 'a longer per-call timeout lets the slow answer through')
   t.same(await res.json(), { late: true })
 
-  const totalError = await rejectionOf(app.httpClients.patient.get('/hang', { totalTimeout: 150 }))
+  const totalError = await rejection(app.httpClients.patient.get('/hang', { totalTimeout: 150 }))
   t.ok(totalError instanceof TimeoutError)
   t.equal((totalError as TimeoutError).kind, 'total', 'a per-call totalTimeout overrides too')
   t.equal((totalError as TimeoutError).timeoutMs, 150)

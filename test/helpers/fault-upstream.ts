@@ -1,6 +1,6 @@
 import { once } from 'node:events'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
-import net, { type AddressInfo, type Socket } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
 import type { Test } from 'tap'
 import { HttpClientError } from '../../lib/errors'
 import type { HttpClient } from '../../lib/http-client'
@@ -295,15 +295,7 @@ export async function startFaultUpstream (options: FaultUpstreamOptions = {}): P
   return upstream
 }
 
-/** A loopback port that was bound and then closed: connecting to it is refused. */
-export async function refusedPort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
-}
+export { refusedPort } from './upstream'
 
 /** A seeded PRNG (mulberry32): the same seed gives the same sequence. */
 export function seededRandom (seed: number): () => number {

@@ -1,6 +1,6 @@
 import { once } from 'node:events'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import net, { type AddressInfo, type Socket } from 'node:net'
 
 export interface Hit {
   method: string
@@ -60,4 +60,19 @@ export function sendJson (res: ServerResponse, status: number, value: unknown, h
   const body = JSON.stringify(value)
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers })
   res.end(body)
+}
+
+/** A port that was listening a moment ago and is now closed: connecting to it is refused. */
+export async function refusedPort (): Promise<number> {
+  const server = net.createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
+}
+
+/** What `promise` rejects with, or `null` when it resolves. */
+export async function rejection (promise: PromiseLike<unknown>): Promise<unknown> {
+  return Promise.resolve(promise).then(() => null, (error: unknown) => error)
 }
