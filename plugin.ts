@@ -11,8 +11,6 @@ export interface HttpClients {
   [name: string]: HttpClient
 }
 
-const kRegistered = Symbol.for('fastify-resilient-http.registered')
-
 // Names that generic code probes objects for (promises, JSON, test matchers); they read as undefined.
 const PROBED_NAMES = new Set(['then', 'toJSON', 'asymmetricMatch', '$$typeof', 'nodeType', 'inspect'])
 
@@ -35,7 +33,7 @@ function clientsByName (clients: Record<string, HttpClient>): HttpClients {
 }
 
 async function resilientHttpPlugin (fastify: FastifyInstance, options: PluginOptions): Promise<void> {
-  if ((fastify as unknown as Record<symbol, boolean>)[kRegistered] === true || fastify.hasDecorator('httpClients')) {
+  if (fastify.hasDecorator('httpClients')) {
     throw new InvalidOptionsError('plugin', 'fastify-resilient-http is already registered in this scope; register it once with every client in `clients`')
   }
   const settings = resolvePluginOptions(options)
@@ -45,7 +43,6 @@ async function resilientHttpPlugin (fastify: FastifyInstance, options: PluginOpt
   }
   const httpClients = clientsByName(clients)
   fastify.decorate('httpClients', { getter: () => httpClients })
-  ;(fastify as unknown as Record<symbol, boolean>)[kRegistered] = true
   installRequestContext(fastify, settings)
   fastify.addHook('onClose', async function closeHttpClients () {
     await Promise.all(Object.values(clients).map((client) => client.close()))
