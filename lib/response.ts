@@ -23,7 +23,8 @@ function noop (): void {}
  */
 export async function readBody (body: ResponseBody, headers: IncomingHttpHeaders, limit: number | undefined, source: CallDetails): Promise<Buffer> {
   const max = limit ?? Infinity
-  if (Number(headers['content-length']) > max) {
+  // A HEAD response announces the length of a body it does not carry.
+  if (source.method !== 'HEAD' && Number(headers['content-length']) > max) {
     body.on('error', noop).destroy()
     throw new ResponseTooLargeError(source, max)
   }

@@ -255,3 +255,16 @@ test('a small body under a small limit works; one byte over fails', async (t) =>
   t.type(error, ResponseTooLargeError)
   t.equal((error as ResponseTooLargeError).limit, 8)
 })
+
+test('a HEAD answer announcing a body over maxResponseBytes is not too large: it carries none', async (t) => {
+  const { client } = await setup(t, (_req, res) => {
+    res.writeHead(404, { 'content-type': 'text/plain', 'content-length': 5000 })
+    res.end()
+  }, { maxResponseBytes: 100 })
+  const res = await client.head('/missing')
+  t.equal(res.statusCode, 404)
+  t.equal(res.headers['content-length'], '5000')
+  t.equal(await res.text(), '')
+  const error = await rejection(client.get('/missing'))
+  t.ok(error instanceof ResponseTooLargeError, 'a GET with the same announced length is refused')
+})
