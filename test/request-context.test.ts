@@ -9,6 +9,7 @@ import resilientHttp, { currentRequestId, requestIdGenerator } from '../plugin'
 import type { ClientOptions } from '../lib/types'
 import { createDeepService, DEEP_STEPS } from './helpers/deep-module'
 import './helpers/fastify-types'
+import { seededRandom } from './helpers/fault-upstream'
 import { type Hit, sendJson, startUpstream, type Upstream } from './helpers/upstream'
 
 declare module '@fastify/request-context' {
@@ -20,18 +21,6 @@ declare module '@fastify/request-context' {
 
 function query (hit: Hit, name: string): string | null {
   return new URL(hit.url, 'http://upstream').searchParams.get(name)
-}
-
-// A small seeded generator, so that a failing interleaving can be replayed.
-function seededRandom (seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let x = state
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 /** An upstream that answers JSON, `/body` in three chunks written apart, after `?wait=` ms. */
