@@ -1,11 +1,10 @@
-import { spawn } from 'node:child_process'
 import diagnosticsChannel from 'node:diagnostics_channel'
-import { once } from 'node:events'
 import path from 'node:path'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import { Agent, MockAgent, request as undiciRequest } from 'undici'
 import resilientHttp, { CHANNELS, ClientClosedError, createHttpClient, type RetryEvent } from '../plugin'
+import { runChildThatMustExit } from './helpers/child-process'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, rejection } from './helpers/upstream'
 
@@ -248,38 +247,7 @@ test('a process that used the plugin exits by itself after fastify.close()', asy
   // The upstream keeps idle sockets open too: a socket the child leaks keeps it alive.
   upstream.server.keepAliveTimeout = 60_000
   const fixture = path.join(__dirname, 'fixtures', 'exit-by-itself.js')
-  // A bare environment: no test-runner hooks loaded into the child.
-  const child = spawn(process.execPath, [fixture], {
-    env: { PATH: process.env.PATH ?? '', UPSTREAM_URL: upstream.url },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  // Starting node and loading Fastify can take long on a busy machine; once the
-  // child reports that the app is closed, it must exit soon by itself.
-  let killed = false
-  let summarizedAt = 0
-  const kill = (): void => {
-    killed = true
-    child.kill('SIGKILL')
-  }
-  let killer = setTimeout(kill, 90_000)
-  t.teardown(() => {
-    clearTimeout(killer)
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString()
-    if (summarizedAt === 0 && stdout.includes('\n')) {
-      summarizedAt = Date.now()
-      clearTimeout(killer)
-      killer = setTimeout(kill, 10_000)
-    }
-  })
-  child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-  const [code, signal] = await once(child, 'close') as [number | null, NodeJS.Signals | null]
-  clearTimeout(killer)
-  const exitLag = Date.now() - summarizedAt
+  const { code, signal, killed, stdout, stderr, exitAfterSummaryMs: exitLag } = await runChildThatMustExit(t, [fixture], { env: { UPSTREAM_URL: upstream.url } })
 
   t.equal(killed, false, `the child exited by itself, ${exitLag} ms after closing`)
   t.equal(signal, null)

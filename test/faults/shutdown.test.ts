@@ -1,8 +1,8 @@
-import { spawn } from 'node:child_process'
 import path from 'node:path'
 import Fastify from 'fastify'
 import { test, type Test } from 'tap'
 import resilientHttp, { ClientClosedError } from '../../plugin'
+import { type ChildResult, runChildThatMustExit } from '../helpers/child-process'
 import '../helpers/fastify-types'
 import {
   errorLabel, type FaultPlan, type FaultUpstream, randomPlan, startFaultUpstream, Tally, watchProcess
@@ -97,56 +97,10 @@ test(`fastify.close() while ${CALLS} calls are in flight or waiting to retry`, a
   t.comment(`settled ${once}: ${outcomes.toString()}; failures reading a body: ${bodyFailures.toString()}`)
 })
 
-interface ChildResult {
-  code: number | null
-  signal: NodeJS.Signals | null
-  killed: boolean
-  stdout: string
-  stderr: string
-  /** ms from the summary line to the exit. */
-  exitAfterSummaryMs: number
-}
-
 const FIXTURE = path.join(__dirname, '..', 'fixtures', 'fault-exit.js')
 
-/**
- * Runs the fixture in a bare environment (no test-runner hooks). Starting node
- * and loading the sources can take long on a busy machine; once the child has
- * printed its summary it must exit by itself within `exitWithinMs`.
- */
 async function runFixture (t: Test, nodeArgs: string[], mode: 'close' | 'heap', env: Record<string, string>, exitWithinMs = 10_000): Promise<ChildResult> {
-  const child = spawn(process.execPath, [...nodeArgs, FIXTURE, mode], {
-    cwd: path.join(__dirname, '..', '..'),
-    env: { PATH: process.env.PATH ?? '', ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let killed = false
-  const kill = (): void => {
-    killed = true
-    child.kill('SIGKILL')
-  }
-  let killer = setTimeout(kill, 90_000)
-  t.teardown(() => {
-    clearTimeout(killer)
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
-  let stdout = ''
-  let stderr = ''
-  let summarizedAt = 0
-  child.stdout.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString()
-    if (summarizedAt === 0 && stdout.includes('\n')) {
-      summarizedAt = Date.now()
-      clearTimeout(killer)
-      killer = setTimeout(kill, exitWithinMs)
-    }
-  })
-  child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
-  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => {
-    child.on('exit', (exitCode, exitSignal) => resolve([exitCode, exitSignal]))
-  })
-  clearTimeout(killer)
-  return { code, signal, killed, stdout, stderr, exitAfterSummaryMs: summarizedAt === 0 ? -1 : Date.now() - summarizedAt }
+  return runChildThatMustExit(t, [...nodeArgs, FIXTURE, mode], { cwd: path.join(__dirname, '..', '..'), env, exitWithinMs })
 }
 
 test('a process that closes under load exits by itself: no socket or timer left behind', async (t) => {
