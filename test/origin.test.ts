@@ -1,41 +1,15 @@
 import Fastify from 'fastify'
-import { once } from 'node:events'
-import http from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import resilientHttp, { createHttpClient, HttpClientError, InvalidRequestError } from '../plugin'
 import type { CallOptions } from '../lib/types'
 import './helpers/fastify-types'
-import { sendJson, startUpstream, rejection } from './helpers/upstream'
-
-interface Listener {
-  host: string
-  connections: () => number
-  close: () => Promise<void>
-}
+import { sendJson, startUpstream, rejection, type Upstream } from './helpers/upstream'
 
 /** A server that counts connections; nothing should ever reach it. */
-async function startDecoy (): Promise<Listener> {
-  let connections = 0
-  const sockets = new Set<Socket>()
-  const server = http.createServer((_req, res) => res.end('decoy'))
-  server.on('connection', (socket) => {
-    connections++
-    sockets.add(socket)
-    socket.on('close', () => sockets.delete(socket))
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  return {
-    host: `127.0.0.1:${port}`,
-    connections: () => connections,
-    async close () {
-      for (const socket of sockets) socket.destroy()
-      await new Promise<void>((resolve) => server.close(() => resolve()))
-    }
-  }
+async function startDecoy (): Promise<Upstream & { host: string }> {
+  const decoy = await startUpstream((_req, res) => { res.end('decoy') })
+  return { ...decoy, host: `127.0.0.1:${decoy.port}` }
 }
 
 test('every way out of the origin is refused before anything is sent', async (t) => {
@@ -43,8 +17,6 @@ test('every way out of the origin is refused before anything is sent', async (t)
   t.teardown(() => decoy.close())
   const upstream = await startUpstream((_req, res, hit) => sendJson(res, 200, { url: hit.url }))
   t.teardown(() => upstream.close())
-  let upstreamConnections = 0
-  upstream.server.on('connection', () => { upstreamConnections++ })
   const client = createHttpClient({ name: 'users', baseUrl: `${upstream.url}/v1`, retry: false })
   t.teardown(() => client.close())
 
@@ -119,14 +91,14 @@ test('every way out of the origin is refused before anything is sent', async (t)
   // Give any stray connection time to land before counting.
   await sleep(50)
   t.equal(decoy.connections(), 0, 'the decoy saw no connection')
-  t.equal(upstreamConnections, 0, 'the upstream saw no connection')
+  t.equal(upstream.connections(), 0, 'the upstream saw no connection')
   t.equal(upstream.hits.length, 0, 'the upstream saw no request')
   t.equal(client.stats().requests, 0, 'no call was started')
 
   // The same client still works, and the counters above do count.
   const res = await client.get('/ok')
   t.same(await res.json(), { url: '/v1/ok' })
-  t.equal(upstreamConnections, 1)
+  t.equal(upstream.connections(), 1)
   t.equal(decoy.connections(), 0)
 })
 

@@ -15,6 +15,8 @@ export interface Upstream {
   url: string
   port: number
   hits: Hit[]
+  /** Connections accepted so far. */
+  connections(): number
   server: http.Server
   close(): Promise<void>
 }
@@ -37,7 +39,9 @@ export async function startUpstream (handler: Handler): Promise<Upstream> {
       })
     })
   })
+  let connections = 0
   server.on('connection', (socket) => {
+    connections++
     sockets.add(socket)
     socket.on('close', () => sockets.delete(socket))
   })
@@ -48,6 +52,7 @@ export async function startUpstream (handler: Handler): Promise<Upstream> {
     url: `http://127.0.0.1:${port}`,
     port,
     hits,
+    connections: () => connections,
     server,
     async close () {
       for (const socket of sockets) socket.destroy()
