@@ -265,7 +265,7 @@ export class Call implements DeadlineEntry {
     const retry = this.retry
     // The hot path: a 2xx that no setting asks to retry.
     if (statusCode >= 200 && statusCode < 300 && (retry === false || statusCode < retry.lowestRetryStatus)) {
-      this.client.breaker?.onSuccess(this.permit, this.client.clock.now())
+      this.client.breaker?.onSuccess(this.permit)
       this.client.counters.successes++
       this.settle()
       this.resolve(new HttpResponse(statusCode, result.headers as never, result.body as ResponseBody, this.attempts, this))
@@ -280,7 +280,7 @@ export class Call implements DeadlineEntry {
     const breaker = this.client.breaker
     if (breaker !== null) {
       if (statusCode >= 500) breaker.onFailure(this.permit, now)
-      else breaker.onSuccess(this.permit, now)
+      else breaker.onSuccess(this.permit)
     }
     readBody(body, headers, this.maxResponseBytes, this).then((buffered) => {
       this.clearDeadline()

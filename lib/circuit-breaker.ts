@@ -9,7 +9,8 @@ export type CircuitState = 'closed' | 'open' | 'half-open'
 export const Permit = { Denied: 0, Pass: 1, Probe: 2 } as const
 export type PermitValue = typeof Permit[keyof typeof Permit]
 
-export type TransitionListener = (from: CircuitState, to: CircuitState, now: number) => void
+/** Told of every change of state; `remainingMs` is how long an opened circuit stays open. */
+export type TransitionListener = (from: CircuitState, to: CircuitState, remainingMs: number) => void
 
 /**
  * One per client. Consecutive failed attempts open it; after `recoveryMs` it
@@ -31,7 +32,7 @@ export class CircuitBreaker {
     if (this.current === 'closed') return Permit.Pass
     if (this.current === 'open') {
       if (now < this.openUntil) return Permit.Denied
-      this.transition('half-open', now)
+      this.transition('half-open')
     }
     if (this.probes >= this.options.halfOpenMaxProbes) return Permit.Denied
     this.probes++
@@ -39,12 +40,12 @@ export class CircuitBreaker {
   }
 
   /** An attempt ended with a response that is not a 5xx. */
-  onSuccess (permit: PermitValue, now: number): void {
+  onSuccess (permit: PermitValue): void {
     if (this.current === 'closed') {
       this.failures = 0
     } else if (permit === Permit.Probe && this.current === 'half-open') {
       this.failures = 0
-      this.transition('closed', now)
+      this.transition('closed')
     }
   }
 
@@ -63,7 +64,7 @@ export class CircuitBreaker {
   }
 
   state (now: number): CircuitState {
-    if (this.current === 'open' && now >= this.openUntil) this.transition('half-open', now)
+    if (this.current === 'open' && now >= this.openUntil) this.transition('half-open')
     return this.current
   }
 
@@ -74,13 +75,13 @@ export class CircuitBreaker {
 
   private open (now: number): void {
     this.openUntil = now + this.options.recoveryMs
-    this.transition('open', now)
+    this.transition('open')
   }
 
-  private transition (to: CircuitState, now: number): void {
+  private transition (to: CircuitState): void {
     const from = this.current
     this.current = to
     this.probes = 0
-    this.onTransition(from, to, now)
+    this.onTransition(from, to, to === 'open' ? this.options.recoveryMs : 0)
   }
 }

@@ -103,8 +103,8 @@ export class HttpClient implements ClientCore {
     this.events = new ClientEvents(log)
     this.breaker = options.circuitBreaker === false
       ? null
-      : new CircuitBreaker(options.circuitBreaker, (from, to, now) => {
-        this.events.circuit({ client: this.name, from, to, remainingMs: this.breaker?.remainingMs(now) ?? 0 })
+      : new CircuitBreaker(options.circuitBreaker, (from, to, remainingMs) => {
+        this.events.circuit({ client: this.name, from, to, remainingMs })
       })
     const budget = options.retry === false ? false : options.retry.budget
     this.budget = budget === false ? null : new RetryBudget(budget.ratio, budget.minPerSecond)
