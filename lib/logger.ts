@@ -2,7 +2,6 @@
 export interface Logger {
   info(obj: object, msg?: string): void
   warn(obj: object, msg?: string): void
-  debug(obj: object, msg?: string): void
   child(bindings: Record<string, unknown>): Logger
 }
 
@@ -12,7 +11,6 @@ function noop (): void {}
 export const silentLogger: Logger = {
   info: noop,
   warn: noop,
-  debug: noop,
   child () {
     return silentLogger
   }

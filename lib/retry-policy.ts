@@ -40,10 +40,6 @@ export function neverReachedUpstream (error: unknown): boolean {
   return code !== undefined && TRANSIENT_CODES.get(code) === true
 }
 
-export function isIdempotentMethod (method: string): boolean {
-  return IDEMPOTENT_METHODS.has(method)
-}
-
 export function isRetryStatus (statusCode: number, retry: ResolvedRetry): boolean {
   return statusCode >= retry.lowestRetryStatus && retry.statusCodes.includes(statusCode)
 }
