@@ -1,515 +1,527 @@
 import type { Dispatcher } from 'undici'
-import { backoffDelay, retryAfterDelay } from './backoff'
-import { type CircuitBreaker, Permit, type PermitValue } from './circuit-breaker'
+import { captureOtelContext } from './async-context'
+import { Attempt, type AttemptHost, type AttemptOwner, Cut, type CutValue } from './attempt'
+import { type CircuitBreaker, Permit, type PermitValue, Verdict, type VerdictValue } from './circuit-breaker'
 import type { Clock, RandomSource } from './clock'
-import type { DeadlineEntry, DeadlineQueue } from './deadline-queue'
+import type { ConcurrencyLimit } from './concurrency'
 import {
-  CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError,
-  ResponseTooLargeError, TimeoutError, type TimeoutKind, UpstreamError
+  CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError, OverloadedError, TimeoutError, UpstreamError
 } from './errors'
 import type { ClientEvents, RetrySkipReason } from './events'
-import type { ResolvedRetry } from './options'
-import { bodyError, HttpResponse, readBody, type ResponseBody } from './response'
+import type { LatencyTracker } from './hedging'
+import type { Logger } from './logger'
+import type { ResolvedBreaker } from './options'
+import { errorCode, isDrop, isRetryStatus, isTransientError, statusVerdict } from './outcome'
+import type { Upstream } from './pool'
+import type { ReplicaSet } from './replicas'
+import type { PreparedRequest } from './request'
+import { HttpResponse } from './response'
+import { askedWait, nextRetry } from './retry'
 import type { RetryBudget } from './retry-budget'
-import { errorCode, isRetryStatus, isTransientError, methodAllowsRetry } from './retry-policy'
-
-/** Counters behind `stats()`. */
-export class Counters {
-  requests = 0
-  successes = 0
-  failures = 0
-  retries = 0
-  retriesDenied = 0
-  shortCircuited = 0
-  inFlight = 0
-}
+import type { Counters } from './stats'
+import type { TimedEntry } from './timeouts'
 
 /** What a call needs of its client. */
-export interface ClientCore {
-  readonly name: string
+export interface CallHost extends AttemptHost {
   readonly clock: Clock
   readonly random: RandomSource
-  readonly dispatcher: Dispatcher
   readonly breaker: CircuitBreaker | null
+  readonly breakerSettings: ResolvedBreaker | false
   readonly budget: RetryBudget | null
+  readonly limit: ConcurrencyLimit
+  readonly replicas: ReplicaSet
+  readonly latency: LatencyTracker | null
   readonly events: ClientEvents
+  readonly log: Logger
   readonly counters: Counters
-  readonly maxResponseBytes: number | undefined
+  /** `fastify.close()` has begun: no more waits, retries or hedges. */
+  readonly draining: boolean
   readonly closed: boolean
   /** Calls waiting between two attempts, so that close can cut their waits. */
   readonly waiting: Set<Call>
-  /** Unsettled calls, kept only for a given dispatcher, which close cannot destroy. */
-  readonly active: Set<Call> | null
-  queueFor(durationMs: number): DeadlineQueue
-  onCallSettled(): void
+  trackAttempt(attempt: Attempt): void
+  untrackAttempt(attempt: Attempt): void
 }
 
-/** undici's request options, as a call sends them. */
-export interface UndiciRequest {
-  origin: string
-  method: string
-  path: string
-  headers: string[]
-  body: Dispatcher.DispatchOptions['body']
-  signal: Call
-  opaque: Call
-}
-
-interface UndiciResult {
-  opaque: Call
-  statusCode?: number
-  headers?: Record<string, string | string[] | undefined>
-  body?: ResponseBody
-}
-
-/** Why an attempt was aborted by us. */
-const Abort = { None: 0, AttemptTimeout: 1, TotalTimeout: 2, Caller: 3, Closed: 4 } as const
-type AbortCause = typeof Abort[keyof typeof Abort]
-
-/** The failure that ended the last attempt: a response or an error. */
-interface Failure {
-  statusCode: number | undefined
-  headers: Record<string, string | string[] | undefined> | undefined
-  body: ResponseBody | undefined
-  buffered: Buffer | undefined
-  error: unknown
-}
+/** Where a call is. */
+const State = { Running: 0, Waiting: 1, Settled: 2 } as const
+type StateValue = typeof State[keyof typeof State]
 
 // `new Promise` needs an executor; this one is shared by every call instead of
 // a closure per call. It runs synchronously, so a module variable hands it the call.
-let callBeingCreated: Call | null = null
+let callBeingStarted: Call | null = null
 function captureSettlers (resolve: (response: HttpResponse) => void, reject: (error: unknown) => void): void {
-  const call = callBeingCreated as Call
+  const call = callBeingStarted as Call
   call.resolve = resolve
   call.reject = reject
 }
 
-// undici calls this with `opaque` set to the call: no closure per attempt.
-function onUndiciResult (error: Error | null, result: UndiciResult): void {
-  result.opaque.onResult(error, result)
-}
-
 function noop (): void {}
 
+/** A failure's short name for logs: `status 503`, `ECONNRESET`, `timeout`. */
+function describeFailure (attempt: Attempt): string {
+  if (attempt.error === undefined) return `status ${attempt.statusCode}`
+  if (attempt.cut === Cut.Timeout) return 'timeout'
+  return errorCode(attempt.error) ?? 'error'
+}
+
 /**
- * One call through the pipeline: retry (with its budget) → circuit breaker
- * → attempt timeout → undici. The call is its own undici `signal` (undici
- * only needs `aborted`, `reason` and the listener methods) and its own
- * deadline-queue entry, so an attempt allocates no AbortController, timer or
- * closure.
+ * One call: the state machine only. It starts attempts (first try, retries
+ * after a wait, hedges beside a slow attempt), hears each attempt's end
+ * once, and settles once. What a failure means is decided in outcome.ts,
+ * whether and when to retry in retry.ts.
  */
-export class Call implements DeadlineEntry {
-  attempts = 0
-  settled = false
+export class Call implements AttemptOwner, TimedEntry {
   resolve: (response: HttpResponse) => void = noop
   reject: (error: unknown) => void = noop
-
-  // The undici signal interface.
-  aborted = false
-  reason: unknown = undefined
-  private abortListener: (() => void) | null = null
-  private abortedBy: AbortCause = Abort.None
-
-  // The deadline-queue entry.
-  deadlineAt = 0
-  deadlinePrev: DeadlineEntry | null = null
-  deadlineNext: DeadlineEntry | null = null
-  deadlineQueue: DeadlineQueue | null = null
-  private deadlineKind: TimeoutKind = 'attempt'
-  private deadlineMs = 0
-  private oneOffTimer: unknown = null
-
-  private permit: PermitValue = Permit.Pass
-  private readonly totalDeadline: number
-  private readonly request: UndiciRequest
-  private lastFailure: Failure | null = null
-  private waitTimer: unknown = null
-  private callerAbortListener: (() => void) | null = null
-
+  readonly host: CallHost
+  readonly request: PreparedRequest
   readonly clientName: string
-  readonly maxResponseBytes: number | undefined
+  readonly method: string
+  readonly path: string
+  readonly otelContext: unknown
+  /** Attempts sent, hedges included. */
+  attempts = 0
+  #state: StateValue = State.Running
+  /** Attempts that count toward `maxAttempts`. */
+  #tries = 0
+  #hedgesSent = 0
+  #running: Attempt | null = null
+  #alsoRunning: Attempt[] | null = null
+  #lastFailure: Attempt | null = null
+  /** The response handed out, while its body is still coming. */
+  #streaming: Attempt | null = null
+  #openedCircuit = false
+  #tried: Upstream[] | null = null
+  readonly #startedAt: number
+  readonly #totalEndsAt: number
+  /** The earlier of the total timeout and the inbound deadline. */
+  readonly #endsAt: number
+  #waitTimer: unknown = null
+  #retryAt = 0
+  #callerListener: (() => void) | null = null
 
-  constructor (
-    private readonly client: ClientCore,
-    readonly method: string,
-    /** The path as the caller gave it, for errors and logs. */
-    readonly path: string,
-    fullPath: string,
-    headers: string[],
-    body: Dispatcher.DispatchOptions['body'],
-    origin: string,
-    private readonly retry: ResolvedRetry | false,
-    private readonly timeout: number,
-    private readonly totalTimeout: number,
-    /** The queue for the first attempt: `min(timeout, totalTimeout)`. */
-    private readonly firstQueue: DeadlineQueue,
-    private readonly replayable: boolean,
-    private readonly hasIdempotencyKey: boolean,
-    private readonly callerSignal: AbortSignal | undefined,
-    now: number
-  ) {
-    this.clientName = client.name
-    this.maxResponseBytes = client.maxResponseBytes
-    this.totalDeadline = now + totalTimeout
-    this.request = { origin, method, path: fullPath, headers, body, signal: this, opaque: this }
+  // The hedge timer's heap entry.
+  timerAt = 0
+  timerIndex = -1
+
+  constructor (host: CallHost, request: PreparedRequest, now: number) {
+    this.host = host
+    this.request = request
+    this.clientName = host.name
+    this.method = request.method
+    this.path = request.path
+    this.otelContext = captureOtelContext()
+    this.#startedAt = now
+    this.#totalEndsAt = now + request.totalTimeout
+    const deadlineAt = request.deadlineAt
+    this.#endsAt = deadlineAt !== undefined && deadlineAt < this.#totalEndsAt ? deadlineAt : this.#totalEndsAt
+  }
+
+  get settled (): boolean {
+    return this.#state === State.Settled
   }
 
   /** Starts the call and returns its promise. */
-  start (now: number): Promise<HttpResponse> {
-    callBeingCreated = this
+  start (): Promise<HttpResponse> {
+    callBeingStarted = this
     const promise = new Promise<HttpResponse>(captureSettlers)
-    callBeingCreated = null
-    const counters = this.client.counters
-    counters.requests++
-    counters.inFlight++
-    this.client.active?.add(this)
-    this.client.budget?.recordCall(now)
-    if (this.callerSignal !== undefined) this.watchCallerSignal(this.callerSignal)
-    if (!this.settled) this.attempt(now)
+    callBeingStarted = null
+    const host = this.host
+    const now = this.#startedAt
+    if (this.request.deadlineAt !== undefined && this.request.deadlineAt <= now) {
+      // No time left: nothing is sent and neither the breaker nor the budget hears of it.
+      host.counters.requests++
+      host.counters.failures++
+      this.#state = State.Settled
+      host.events.deadlineExceeded({ client: this.clientName, method: this.method, path: this.path, attempts: 0 }, this.#log())
+      this.reject(new TimeoutError(this, 'deadline', 0))
+      return promise
+    }
+    if (!host.limit.tryAcquire()) {
+      host.counters.overloaded++
+      this.#state = State.Settled
+      const limit = host.limit.limit
+      host.events.overloaded({ client: this.clientName, method: this.method, path: this.path, limit })
+      this.reject(withoutStack(() => new OverloadedError(this, limit)))
+      return promise
+    }
+    host.counters.requests++
+    const signal = this.request.signal
+    if (signal?.aborted === true) {
+      this.#settle()
+      this.reject(signal.reason)
+      return promise
+    }
+    let permit: PermitValue = Permit.Pass
+    if (host.breaker !== null) {
+      permit = host.breaker.acquire(now)
+      if (permit === Permit.Denied) {
+        host.counters.shortCircuited++
+        const remainingMs = host.breaker.remainingMs(now)
+        host.events.shortCircuited({ client: this.clientName, method: this.method, path: this.path, remainingMs })
+        this.#settle()
+        this.reject(withoutStack(() => new CircuitOpenError(this, remainingMs)))
+        return promise
+      }
+    }
+    host.budget?.recordCall(now)
+    if (signal !== undefined) this.#watchSignal(signal)
+    this.#send(permit, false, now)
     return promise
-  }
-
-  // --- undici's view of the call as an AbortSignal ---
-
-  addEventListener (_type: 'abort', listener: () => void): void {
-    this.abortListener = listener
-  }
-
-  /** undici removes its listener once the response body is closed: the attempt's deadline is over. */
-  removeEventListener (_type: 'abort', listener: () => void): void {
-    if (this.abortListener !== listener) return
-    this.abortListener = null
-    this.clearDeadline()
-    if (this.settled) this.releaseCallerSignal()
-  }
-
-  private abortAttempt (by: AbortCause, reason: unknown): void {
-    this.abortedBy = by
-    this.aborted = true
-    this.reason = reason
-    const listener = this.abortListener
-    this.abortListener = null
-    if (listener !== null) listener()
-  }
-
-  // --- deadlines ---
-
-  private startDeadline (now: number): void {
-    if (this.attempts === 1) {
-      this.deadlineMs = this.firstQueue.durationMs
-      this.deadlineKind = this.timeout <= this.totalTimeout ? 'attempt' : 'total'
-      this.firstQueue.add(this, now)
-      return
-    }
-    const remaining = this.totalDeadline - now
-    if (this.timeout <= remaining) {
-      this.deadlineMs = this.timeout
-      this.deadlineKind = 'attempt'
-      this.client.queueFor(this.timeout).add(this, now)
-    } else {
-      this.deadlineMs = this.totalTimeout
-      this.deadlineKind = 'total'
-      this.oneOffTimer = this.client.clock.setTimer(() => {
-        this.oneOffTimer = null
-        this.onDeadline()
-      }, Math.max(0, remaining))
-    }
-  }
-
-  private clearDeadline (): void {
-    if (this.deadlineQueue !== null) this.deadlineQueue.remove(this)
-    if (this.oneOffTimer !== null) {
-      this.client.clock.clearTimer(this.oneOffTimer)
-      this.oneOffTimer = null
-    }
-  }
-
-  onDeadline (): void {
-    if (this.settled) this.releaseCallerSignal()
-    const error = new TimeoutError(this, this.deadlineKind, this.deadlineKind === 'attempt' ? this.deadlineMs : this.totalTimeout)
-    this.abortAttempt(this.deadlineKind === 'attempt' ? Abort.AttemptTimeout : Abort.TotalTimeout, error)
   }
 
   // --- attempts ---
 
-  private attempt (now: number): void {
-    const breaker = this.client.breaker
-    if (breaker !== null) {
-      const permit = breaker.acquire(now)
-      if (permit === Permit.Denied) {
-        if (this.attempts === 0) {
-          this.client.counters.shortCircuited++
-          this.fail(this.circuitOpenError(breaker.remainingMs(now)))
-        } else {
-          this.endWithLastFailure('circuit')
-        }
-        return
-      }
-      this.permit = permit
-    }
-    this.attempts++
-    this.aborted = false
-    this.reason = undefined
-    this.abortedBy = Abort.None
-    this.startDeadline(now)
-    this.client.dispatcher.request(this.request as unknown as Dispatcher.RequestOptions, onUndiciResult as never)
-  }
-
-  /** undici's answer to the current attempt. */
-  onResult (error: Error | null, result: UndiciResult): void {
-    if (error !== null) {
-      this.onAttemptError(error)
-      return
-    }
-    const statusCode = result.statusCode as number
-    const retry = this.retry
-    // The hot path: a 2xx that no setting asks to retry.
-    if (statusCode >= 200 && statusCode < 300 && (retry === false || statusCode < retry.lowestRetryStatus)) {
-      this.client.breaker?.onSuccess(this.permit)
-      this.client.counters.successes++
-      this.settle()
-      this.resolve(new HttpResponse(statusCode, result.headers as never, result.body as ResponseBody, this.attempts, this))
-      return
-    }
-    this.onUnusualResponse(statusCode, result.headers as Record<string, string | string[] | undefined>, result.body as ResponseBody)
-  }
-
-  /** A non-2xx response, or one in `statusCodes`: read its body, then retry or resolve. */
-  private onUnusualResponse (statusCode: number, headers: Record<string, string | string[] | undefined>, body: ResponseBody): void {
-    const now = this.client.clock.now()
-    const breaker = this.client.breaker
-    if (breaker !== null) {
-      if (statusCode >= 500) breaker.onFailure(this.permit, now)
-      else breaker.onSuccess(this.permit)
-    }
-    readBody(body, headers, this.maxResponseBytes, this).then((buffered) => {
-      this.clearDeadline()
-      const failure: Failure = { statusCode, headers, body, buffered, error: undefined }
-      if (this.retry !== false && isRetryStatus(statusCode, this.retry)) {
-        this.retryOrEnd(failure, `status ${statusCode}`)
-      } else {
-        this.lastFailure = failure
-        this.endWithLastFailure(null)
-      }
-    }, (error: unknown) => {
-      this.clearDeadline()
-      this.onAttemptError(error)
-    })
-  }
-
-  private onAttemptError (error: unknown): void {
-    this.clearDeadline()
-    this.abortListener = null
-    const breaker = this.client.breaker
-    const now = this.client.clock.now()
-    switch (this.abortedBy) {
-      case Abort.Caller:
-        breaker?.release(this.permit)
-        this.fail(this.reason)
-        return
-      case Abort.Closed:
-        breaker?.release(this.permit)
-        this.fail(new ClientClosedError(this))
-        return
-      case Abort.TotalTimeout:
-        breaker?.onFailure(this.permit, now)
-        this.fail(this.reason)
-        return
-      case Abort.AttemptTimeout:
-        breaker?.onFailure(this.permit, now)
-        this.retryOrEnd({ statusCode: undefined, headers: undefined, body: undefined, buffered: undefined, error: this.reason }, 'timeout')
-        return
-    }
-    if (error instanceof ClientClosedError) {
-      // The pool was destroyed after close's grace period.
-      breaker?.release(this.permit)
-      this.fail(new ClientClosedError(this))
-      return
-    }
-    if (error instanceof HttpClientError) {
-      breaker?.release(this.permit)
-      this.fail(error)
-      return
-    }
-    const code = errorCode(error)
-    if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED' || code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {
-      breaker?.release(this.permit)
-      this.fail(new InvalidRequestError({ clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts, cause: error }, (error as Error).message))
-      return
-    }
-    if (code === 'UND_ERR_RES_EXCEEDED_MAX_SIZE') {
-      breaker?.release(this.permit)
-      this.fail(new ResponseTooLargeError(this, this.maxResponseBytes ?? 0))
-      return
-    }
-    breaker?.onFailure(this.permit, now)
-    const failure: Failure = { statusCode: undefined, headers: undefined, body: undefined, buffered: undefined, error }
-    if (isTransientError(error)) {
-      this.retryOrEnd(failure, code as string)
+  #send (permit: PermitValue, isHedge: boolean, now: number): void {
+    const host = this.host
+    const replicas = host.replicas
+    const upstream = replicas.choose(this.#tried, now)
+    if (replicas.upstreams.length > 1) (this.#tried ??= []).push(upstream)
+    if (!isHedge) this.#tries++
+    const attempt = new Attempt(this, host, upstream, this.#optionsFor(upstream, now), ++this.attempts, permit, isHedge, now)
+    let at = now + this.request.timeout
+    if (this.#totalEndsAt <= at) {
+      at = this.#totalEndsAt
+      attempt.timeoutKind = 'total'
+      attempt.timeoutMs = this.request.totalTimeout
     } else {
-      this.lastFailure = failure
-      this.endWithLastFailure(null)
+      attempt.timeoutMs = this.request.timeout
+    }
+    const deadlineAt = this.request.deadlineAt
+    if (deadlineAt !== undefined && deadlineAt <= at) {
+      at = deadlineAt
+      attempt.timeoutKind = 'deadline'
+      attempt.timeoutMs = Math.round(deadlineAt - this.#startedAt)
+    }
+    host.timers.add(attempt, at)
+    this.#addRunning(attempt)
+    host.trackAttempt(attempt)
+    upstream.send(attempt)
+    if (this.#state === State.Running) this.#armHedge(now)
+  }
+
+  /** The dispatch options of one attempt: the call's own, unless the attempt carries its own deadline or origin. */
+  #optionsFor (upstream: Upstream, now: number): PreparedRequest['options'] {
+    const options = this.request.options
+    const header = this.request.deadlineHeader
+    const otherOrigin = !upstream.owned && upstream.origin !== options.origin
+    if (header === undefined && !otherOrigin) return options
+    const own: Dispatcher.DispatchOptions & { headers: string[] } = { ...options, origin: upstream.origin }
+    if (header !== undefined) {
+      // Forwarded as the whole ms left when this attempt is sent, at least 1.
+      own.headers = [...options.headers, header, String(Math.max(1, Math.floor((this.request.deadlineAt as number) - now)))]
+    }
+    return own
+  }
+
+  #addRunning (attempt: Attempt): void {
+    if (this.#running === null) this.#running = attempt
+    else (this.#alsoRunning ??= []).push(attempt)
+  }
+
+  #removeRunning (attempt: Attempt): void {
+    if (this.#running === attempt) {
+      this.#running = this.#alsoRunning === null || this.#alsoRunning.length === 0 ? null : this.#alsoRunning.shift() as Attempt
+      return
+    }
+    const others = this.#alsoRunning
+    if (others === null) return
+    const index = others.indexOf(attempt)
+    if (index >= 0) others.splice(index, 1)
+  }
+
+  #cancelRunning (cut: CutValue, reason: unknown): void {
+    const first = this.#running
+    if (first === null) return
+    const others = this.#alsoRunning
+    this.#running = null
+    this.#alsoRunning = null
+    first.cancel(cut, reason)
+    if (others !== null) for (const attempt of others) attempt.cancel(cut, reason)
+  }
+
+  // --- what attempts report ---
+
+  onAttemptHeaders (attempt: Attempt): boolean {
+    const host = this.host
+    host.latency?.record(attempt.headersAt - attempt.startedAt)
+    if (this.#state === State.Settled) return false
+    const status = attempt.statusCode
+    if (status < 200 || status >= 300 || isRetryStatus(status, this.request.retry)) return false
+    // The hot path: a 2xx answer is judged now and handed out while its body comes.
+    this.#removeRunning(attempt)
+    this.#judge(attempt, Verdict.Success)
+    this.#streaming = attempt
+    this.#win(attempt)
+    return true
+  }
+
+  onBodyEnd (attempt: Attempt): void {
+    this.host.untrackAttempt(attempt)
+    if (this.#streaming === attempt) this.#streaming = null
+    this.#releaseSignal()
+  }
+
+  onAttemptEnd (attempt: Attempt): void {
+    const host = this.host
+    host.untrackAttempt(attempt)
+    this.#removeRunning(attempt)
+    const verdict = this.#verdictOf(attempt)
+    this.#judge(attempt, verdict)
+    if (this.#state === State.Settled) return
+    const error = attempt.error
+    if (error === undefined) {
+      if (isRetryStatus(attempt.statusCode, this.request.retry)) this.#onTransientFailure(attempt)
+      else this.#win(attempt)
+      return
+    }
+    switch (attempt.cut) {
+      case Cut.Timeout:
+        if (attempt.timeoutKind === 'attempt') this.#onTransientFailure(attempt)
+        else this.#fail(error)
+        return
+      case Cut.None:
+        if (isTransientError(error)) this.#onTransientFailure(attempt)
+        else this.#fail(this.#transportError(error, attempt))
+        return
+      default:
+        this.#fail(error)
     }
   }
 
-  // --- retries ---
+  /** The attempt's one verdict on the upstream: nothing for what we cut ourselves. */
+  #verdictOf (attempt: Attempt): VerdictValue {
+    switch (attempt.cut) {
+      case Cut.None:
+        if (attempt.error === undefined) return statusVerdict(attempt.statusCode)
+        return isRequestFault(attempt.error) ? Verdict.None : Verdict.Failure
+      case Cut.Timeout:
+        return attempt.timeoutKind === 'deadline' ? Verdict.None : Verdict.Failure
+      default:
+        return Verdict.None
+    }
+  }
 
-  /** A transient failure: wait and try again, or end with it and say why not. */
-  private retryOrEnd (failure: Failure, reason: string): void {
-    this.lastFailure = failure
-    const retry = this.retry
-    // maxAttempts 1 turns retries off like `retry: false`: nothing to report.
-    if (retry === false || retry.maxAttempts === 1 || this.client.closed || this.callerSignal?.aborted === true) {
-      this.endWithLastFailure(null)
+  /** Tells the breaker, the replica set, the adaptive limit and the latency tracker, once per attempt. */
+  #judge (attempt: Attempt, verdict: VerdictValue): void {
+    const host = this.host
+    const now = host.clock.now()
+    if (attempt.cut === Cut.Loser && attempt.headersAt === 0) host.latency?.record(now - attempt.startedAt)
+    const breaker = host.breaker
+    breaker?.record(attempt.permit, verdict, now)
+    host.replicas.record(attempt.upstream, verdict, now)
+    if (verdict === Verdict.None) return
+    const status = attempt.error === undefined ? attempt.statusCode : 0
+    host.limit.onAttempt(isDrop(status, attempt.error, attempt.cut === Cut.Timeout))
+    const settings = host.breakerSettings
+    if (breaker !== null && settings !== false && settings.openOnRetryAfter && (status === 429 || status === 503)) {
+      const asked = askedWait(this.request.retry, status, attempt.headers?.['retry-after'], this.#wallNow())
+      if (asked !== undefined && asked > 0) {
+        breaker.openFor(Math.min(asked, 10 * settings.recoveryMs), now)
+        this.#openedCircuit = true
+      }
+    }
+  }
+
+  // --- retries and hedges ---
+
+  #onTransientFailure (attempt: Attempt): void {
+    this.#lastFailure = attempt
+    // Another attempt of this call is still out: it may yet answer.
+    if (this.#running !== null) return
+    const host = this.host
+    const retry = this.request.retry
+    if (retry === false || retry.maxAttempts === 1 || host.closed || this.request.signal?.aborted === true) {
+      this.#endWithLastFailure(null)
       return
     }
-    const skipped = this.whyNoRetry(retry, failure)
-    if (skipped !== null) {
-      this.endWithLastFailure(skipped, reason)
+    if (host.draining) {
+      this.#endWithLastFailure('closing')
       return
     }
-    const now = this.client.clock.now()
-    const wait = this.waitBeforeRetry(retry, failure, now)
-    if (now + wait >= this.totalDeadline) {
-      this.endWithLastFailure('deadline', reason)
+    const now = host.clock.now()
+    const decision = nextRetry({
+      retry,
+      method: this.method,
+      hasIdempotencyKey: this.request.hasIdempotencyKey,
+      replayable: this.request.replayable,
+      attempts: this.#tries,
+      statusCode: attempt.error === undefined ? attempt.statusCode : 0,
+      retryAfter: attempt.headers?.['retry-after'],
+      error: attempt.error,
+      endsAt: this.#endsAt,
+      openedByThisAnswer: this.#openedCircuit
+    }, host, now, this.#wallNow())
+    this.#openedCircuit = false
+    if (typeof decision !== 'number') {
+      if (decision === 'budget') host.counters.retriesDenied++
+      this.#endWithLastFailure(decision)
       return
     }
-    const breaker = this.client.breaker
-    if (breaker !== null && breaker.state(now) === 'open') {
-      this.endWithLastFailure('circuit', reason)
-      return
-    }
-    const budget = this.client.budget
-    if (budget !== null && !budget.tryAcquire(now)) {
-      this.client.counters.retriesDenied++
-      this.endWithLastFailure('budget', reason)
-      return
-    }
-    this.client.events.retry({ client: this.clientName, method: this.method, path: this.path, attempt: this.attempts, reason, waitMs: wait })
-    this.client.waiting.add(this)
-    this.waitTimer = this.client.clock.setTimer(() => this.afterWait(), wait)
+    host.events.retry({ client: this.clientName, method: this.method, path: this.path, attempt: this.#tries, reason: describeFailure(attempt), waitMs: decision }, this.#log())
+    this.#state = State.Waiting
+    if (this.timerIndex >= 0) host.timers.remove(this)
+    this.#retryAt = now + decision
+    host.waiting.add(this)
+    this.#waitTimer = host.clock.setTimer(this.#afterWait, decision)
     // Between attempts no socket holds the process open: the wait must, or a
     // script whose upstream is down exits mid-call. close() clears it.
-    ;(this.waitTimer as { ref?: () => unknown }).ref?.()
+    ;(this.#waitTimer as { ref?: () => unknown }).ref?.()
   }
 
-  private whyNoRetry (retry: ResolvedRetry, failure: Failure): RetrySkipReason | null {
-    if (this.attempts >= retry.maxAttempts) return 'attempts'
-    if (!methodAllowsRetry(this.method, retry, this.hasIdempotencyKey, failure.statusCode, failure.error)) return 'method'
-    if (!this.replayable) return 'stream-body'
-    return null
-  }
-
-  private waitBeforeRetry (retry: ResolvedRetry, failure: Failure, now: number): number {
-    if (retry.respectRetryAfter && (failure.statusCode === 429 || failure.statusCode === 503)) {
-      const asked = retryAfterDelay(failure.headers?.['retry-after'], now)
-      if (asked !== undefined) return asked
+  readonly #afterWait = (): void => {
+    this.#waitTimer = null
+    const host = this.host
+    host.waiting.delete(this)
+    if (this.#state !== State.Waiting) return
+    this.#state = State.Running
+    // The timer may fire a hair before the time it was set for; the breaker must see the full wait.
+    const now = Math.max(host.clock.now(), this.#retryAt)
+    let permit: PermitValue = Permit.Pass
+    if (host.breaker !== null) {
+      permit = host.breaker.acquire(now)
+      if (permit === Permit.Denied) {
+        this.#endWithLastFailure('circuit')
+        return
+      }
     }
-    return backoffDelay(this.attempts, retry, this.client.random)
-  }
-
-  private afterWait (): void {
-    this.waitTimer = null
-    this.client.waiting.delete(this)
-    if (this.settled) return
-    // An open circuit may still refuse the retry: count only one that is sent.
-    const before = this.attempts
-    this.attempt(this.client.clock.now())
-    if (this.attempts > before) this.client.counters.retries++
+    host.counters.retries++
+    this.#send(permit, false, now)
   }
 
   /** Cuts a wait between attempts (close, or the caller's abort). */
   cancelWait (error: unknown): void {
-    if (this.waitTimer === null) return
-    this.client.clock.clearTimer(this.waitTimer)
-    this.waitTimer = null
-    this.client.waiting.delete(this)
-    this.fail(error)
+    if (this.#state !== State.Waiting) return
+    this.#fail(error)
+  }
+
+  #armHedge (now: number): void {
+    const hedge = this.request.hedge
+    if (hedge === false || this.timerIndex >= 0 || this.#hedgesSent >= hedge.maxHedges || !this.request.replayable) return
+    const delay = hedge.delayMs === 'auto' ? (this.host.latency?.p95 ?? Infinity) : hedge.delayMs
+    if (delay === Infinity) return
+    const at = now + delay
+    if (at < this.#endsAt) this.host.timers.add(this, at)
+  }
+
+  /** The hedge delay passed without an answer. */
+  onTimer (): void {
+    const host = this.host
+    if (this.#state !== State.Running || this.#running === null || host.draining || host.closed) return
+    const now = host.clock.now()
+    if (host.breaker !== null && host.breaker.state(now) !== 'closed') return
+    if (now >= this.#endsAt) return
+    if (host.budget !== null && !host.budget.tryAcquire(now)) return
+    this.#hedgesSent++
+    host.counters.hedges++
+    const delayMs = Math.round(now - this.#startedAt)
+    host.events.hedge({ client: this.clientName, method: this.method, path: this.path, attempt: this.attempts + 1, delayMs }, this.#log())
+    this.#send(Permit.Pass, true, now)
   }
 
   // --- the end ---
 
-  private endWithLastFailure (skipped: RetrySkipReason | null, reason?: string): void {
-    if (skipped !== null && this.retry !== false) {
-      this.client.events.retrySkipped({ client: this.clientName, method: this.method, path: this.path, attempt: this.attempts, reason: reason ?? 'failure', skipped })
+  #win (attempt: Attempt): void {
+    const counters = this.host.counters
+    if (attempt.statusCode >= 500) counters.failures++
+    else counters.successes++
+    if (attempt.isHedge) counters.hedgeWins++
+    this.#settle()
+    this.#cancelRunning(Cut.Loser, new Error('another attempt answered first'))
+    this.resolve(new HttpResponse(attempt, this))
+  }
+
+  #endWithLastFailure (skipped: RetrySkipReason | null): void {
+    const failure = this.#lastFailure as Attempt
+    if (skipped !== null) {
+      this.host.events.retrySkipped({ client: this.clientName, method: this.method, path: this.path, attempt: this.#tries, reason: describeFailure(failure), skipped }, this.#log())
     }
-    const failure = this.lastFailure as Failure
-    if (failure.statusCode !== undefined) {
-      if (failure.statusCode >= 500) this.client.counters.failures++
-      else this.client.counters.successes++
-      this.settle()
-      this.resolve(new HttpResponse(failure.statusCode, failure.headers as never, failure.body as ResponseBody, this.attempts, this, failure.buffered))
+    if (failure.error === undefined) {
+      this.#win(failure)
       return
     }
-    const error = failure.error
-    this.fail(error instanceof HttpClientError ? error : new UpstreamError({ clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts, cause: error }))
+    this.#fail(failure.error instanceof HttpClientError ? failure.error : this.#transportError(failure.error, failure))
   }
 
-  private fail (error: unknown): void {
-    if (this.settled) return
-    const final = error instanceof HttpClientError || error === this.callerSignal?.reason ? error : bodyError(error, this)
-    // Only the upstream's failures count; a caller's abort or a refused call do not.
-    if (final instanceof UpstreamError || final instanceof TimeoutError) this.client.counters.failures++
-    this.settle()
-    this.reject(final)
+  #transportError (error: unknown, attempt: Attempt): HttpClientError {
+    const details = { clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts, cause: error }
+    if (error instanceof HttpClientError) return error
+    if (isRequestFault(error)) return new InvalidRequestError(details, (error as Error).message)
+    return new UpstreamError({ ...details, attempts: attempt.number > this.attempts ? attempt.number : this.attempts })
   }
 
-  private settle (): void {
-    this.settled = true
-    this.lastFailure = null
-    // While a resolved response's body streams, the caller's abort must still
-    // reach it; the listener goes once undici lets go of the body.
-    if (this.abortListener === null) this.releaseCallerSignal()
-    this.client.counters.inFlight--
-    this.client.active?.delete(this)
-    this.client.onCallSettled()
+  #fail (error: unknown, cut: CutValue = Cut.Loser): void {
+    if (this.#state === State.Settled) return
+    const host = this.host
+    if (error instanceof UpstreamError || error instanceof TimeoutError) host.counters.failures++
+    if (error instanceof TimeoutError && error.kind === 'deadline') {
+      host.events.deadlineExceeded({ client: this.clientName, method: this.method, path: this.path, attempts: this.attempts }, this.#log())
+    }
+    this.#settle()
+    this.#cancelRunning(cut, error)
+    this.reject(error)
   }
 
-  private circuitOpenError (remainingMs: number): CircuitOpenError {
-    // Refusals come fast and in bulk while the circuit is open: skip the stack.
-    const limit = Error.stackTraceLimit
-    Error.stackTraceLimit = 0
-    const error = new CircuitOpenError(this, remainingMs)
-    Error.stackTraceLimit = limit
-    return error
+  #settle (): void {
+    const host = this.host
+    if (this.#state === State.Waiting && this.#waitTimer !== null) {
+      host.clock.clearTimer(this.#waitTimer)
+      this.#waitTimer = null
+      host.waiting.delete(this)
+    }
+    this.#state = State.Settled
+    if (this.timerIndex >= 0) host.timers.remove(this)
+    host.limit.release()
+    this.#lastFailure = null
+    if (this.#streaming === null) this.#releaseSignal()
   }
 
-  /** After close's grace period: abort what is still running. */
+  /** After close's grace period: cut what is still running, bodies included. */
   destroy (): void {
-    if (this.settled) {
-      // The response is out; only its body may still be streaming.
-      if (this.abortListener !== null) this.abortAttempt(Abort.Closed, new ClientClosedError(this))
-      return
-    }
-    if (this.waitTimer !== null) {
-      this.cancelWait(new ClientClosedError(this))
-      return
-    }
-    this.abortAttempt(Abort.Closed, new ClientClosedError(this))
+    const error = new ClientClosedError(this)
+    if (this.#state !== State.Settled) this.#fail(error, Cut.Closed)
+    this.#streaming?.cancel(Cut.Closed, error)
   }
 
-  private watchCallerSignal (signal: AbortSignal): void {
-    if (signal.aborted) {
-      this.fail(signal.reason)
-      return
+  // --- the caller's signal ---
+
+  #watchSignal (signal: AbortSignal): void {
+    this.#callerListener = () => {
+      const reason = signal.reason
+      if (this.#state !== State.Settled) this.#fail(reason, Cut.Caller)
+      else this.#streaming?.cancel(Cut.Caller, reason)
     }
-    this.callerAbortListener = () => {
-      if (this.waitTimer !== null) {
-        this.cancelWait(signal.reason)
-      } else if (!this.settled) {
-        this.abortAttempt(Abort.Caller, signal.reason)
-      } else if (this.abortListener !== null) {
-        this.clearDeadline()
-        this.releaseCallerSignal()
-        this.abortAttempt(Abort.Caller, signal.reason)
-      }
-    }
-    signal.addEventListener('abort', this.callerAbortListener)
+    signal.addEventListener('abort', this.#callerListener)
   }
 
-  private releaseCallerSignal (): void {
-    if (this.callerAbortListener === null) return
-    this.callerSignal?.removeEventListener('abort', this.callerAbortListener)
-    this.callerAbortListener = null
+  #releaseSignal (): void {
+    if (this.#callerListener === null) return
+    this.request.signal?.removeEventListener('abort', this.#callerListener)
+    this.#callerListener = null
   }
+
+  #log (): Logger {
+    return this.request.inbound?.log ?? this.host.log
+  }
+
+  #wallNow (): number {
+    const clock = this.host.clock
+    return clock.wallNow === undefined ? clock.now() : clock.wallNow()
+  }
+}
+
+/** undici refused the request as given (a bad header, a body of the wrong length): not the upstream's fault. */
+function isRequestFault (error: unknown): boolean {
+  const code = errorCode(error)
+  return code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED' || code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH'
+}
+
+/** Refusals come fast and in bulk (open circuit, overload): skip the stack trace. */
+function withoutStack<E> (make: () => E): E {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  const error = make()
+  Error.stackTraceLimit = limit
+  return error
 }

@@ -1,87 +1,104 @@
-import type { ResolvedBreaker } from './options'
+import type { CircuitCause } from './events'
 
 export type CircuitState = 'closed' | 'open' | 'half-open'
 
 /**
- * What `acquire()` grants a call: `Pass` when the circuit is closed, `Probe`
- * when half-open (the call's outcome decides the state), or `Denied`.
+ * What `acquire()` grants an attempt: `Pass` when the circuit is closed,
+ * `Probe` when half-open (its verdict decides the state), or `Denied`.
  */
 export const Permit = { Denied: 0, Pass: 1, Probe: 2 } as const
 export type PermitValue = typeof Permit[keyof typeof Permit]
 
+/** An attempt's verdict on the upstream's health, given once per attempt. */
+export const Verdict = { None: 0, Success: 1, Failure: 2 } as const
+export type VerdictValue = typeof Verdict[keyof typeof Verdict]
+
 /** Told of every change of state; `remainingMs` is how long an opened circuit stays open. */
-export type TransitionListener = (from: CircuitState, to: CircuitState, remainingMs: number) => void
+export type TransitionListener = (from: CircuitState, to: CircuitState, remainingMs: number, cause: CircuitCause) => void
+
+export interface BreakerSettings {
+  readonly failureThreshold: number
+  readonly recoveryMs: number
+  readonly halfOpenMaxProbes: number
+}
 
 /**
  * One per client. Consecutive failed attempts open it; after `recoveryMs` it
- * half-opens and lets `halfOpenMaxProbes` calls through at once; a probe's
- * success closes it, a probe's failure opens it again.
+ * half-opens and lets `halfOpenMaxProbes` attempts through at once; a
+ * probe's success closes it, a probe's failure opens it again. A `Retry-After`
+ * can open it until the time the upstream asked for.
  *
- * Open → half-open is decided from the clock when someone asks (a call or
+ * Open → half-open is decided from the clock when someone asks (an attempt or
  * `stats()`), so there is no reset timer to leak or to clear on close.
  */
 export class CircuitBreaker {
-  private current: CircuitState = 'closed'
-  private failures = 0
-  private openUntil = 0
-  private probes = 0
+  #state: CircuitState = 'closed'
+  #failures = 0
+  #openUntil = 0
+  #probes = 0
+  readonly #settings: BreakerSettings
+  readonly #onTransition: TransitionListener
 
-  constructor (private readonly options: ResolvedBreaker, private readonly onTransition: TransitionListener) {}
+  constructor (settings: BreakerSettings, onTransition: TransitionListener) {
+    this.#settings = settings
+    this.#onTransition = onTransition
+  }
 
   acquire (now: number): PermitValue {
-    if (this.current === 'closed') return Permit.Pass
-    if (this.current === 'open') {
-      if (now < this.openUntil) return Permit.Denied
-      this.transition('half-open')
+    if (this.#state === 'closed') return Permit.Pass
+    if (this.#state === 'open') {
+      if (now < this.#openUntil) return Permit.Denied
+      this.#transition('half-open', 0, 'recovery')
     }
-    if (this.probes >= this.options.halfOpenMaxProbes) return Permit.Denied
-    this.probes++
+    if (this.#probes >= this.#settings.halfOpenMaxProbes) return Permit.Denied
+    this.#probes++
     return Permit.Probe
   }
 
-  /** An attempt ended with a response that is not a 5xx. */
-  onSuccess (permit: PermitValue): void {
-    if (this.current === 'closed') {
-      this.failures = 0
-    } else if (permit === Permit.Probe && this.current === 'half-open') {
-      this.failures = 0
-      this.transition('closed')
+  /** The one verdict of an attempt that held `permit`. */
+  record (permit: PermitValue, verdict: VerdictValue, now: number): void {
+    if (verdict === Verdict.Success) {
+      if (this.#state === 'closed') this.#failures = 0
+      else if (permit === Permit.Probe && this.#state === 'half-open') this.#transition('closed', 0, 'probe')
+    } else if (verdict === Verdict.Failure) {
+      if (this.#state === 'closed') {
+        if (++this.#failures >= this.#settings.failureThreshold) this.#open(now, this.#settings.recoveryMs, 'failures')
+      } else if (permit === Permit.Probe && this.#state === 'half-open') {
+        this.#open(now, this.#settings.recoveryMs, 'probe')
+      }
+    } else if (permit === Permit.Probe && this.#state === 'half-open' && this.#probes > 0) {
+      // No verdict (the caller aborted, the client closed, a losing hedge): the probe slot is free again.
+      this.#probes--
     }
   }
 
-  /** An attempt failed: transport error, timeout or 5xx. */
-  onFailure (permit: PermitValue, now: number): void {
-    if (this.current === 'closed') {
-      if (++this.failures >= this.options.failureThreshold) this.open(now)
-    } else if (permit === Permit.Probe && this.current === 'half-open') {
-      this.open(now)
-    }
-  }
-
-  /** An attempt ended with no verdict on the upstream (the caller aborted, the client closed). */
-  release (permit: PermitValue): void {
-    if (permit === Permit.Probe && this.current === 'half-open' && this.probes > 0) this.probes--
+  /** The upstream asked every caller to wait `ms` (`Retry-After`): open until then, unless already open longer. */
+  openFor (ms: number, now: number): void {
+    const until = now + ms
+    if (this.#state === 'open' && this.#openUntil >= until) return
+    this.#open(now, ms, 'retry-after')
   }
 
   state (now: number): CircuitState {
-    if (this.current === 'open' && now >= this.openUntil) this.transition('half-open')
-    return this.current
+    if (this.#state === 'open' && now >= this.#openUntil) this.#transition('half-open', 0, 'recovery')
+    return this.#state
   }
 
   /** Milliseconds until the circuit half-opens; 0 once it has. */
   remainingMs (now: number): number {
-    return this.current === 'open' ? Math.max(0, this.openUntil - now) : 0
+    return this.#state === 'open' ? Math.max(0, this.#openUntil - now) : 0
   }
 
-  private open (now: number): void {
-    this.openUntil = now + this.options.recoveryMs
-    this.transition('open')
+  #open (now: number, ms: number, cause: CircuitCause): void {
+    this.#openUntil = now + ms
+    this.#transition('open', ms, cause)
   }
 
-  private transition (to: CircuitState): void {
-    const from = this.current
-    this.current = to
-    this.probes = 0
-    this.onTransition(from, to, to === 'open' ? this.options.recoveryMs : 0)
+  #transition (to: CircuitState, remainingMs: number, cause: CircuitCause): void {
+    const from = this.#state
+    this.#state = to
+    this.#probes = 0
+    this.#failures = 0
+    this.#onTransition(from, to, remainingMs, cause)
   }
 }

@@ -65,7 +65,7 @@ export class CircuitOpenError extends HttpClientError {
 }
 
 /** Which timeout fired. */
-export type TimeoutKind = 'attempt' | 'total'
+export type TimeoutKind = 'attempt' | 'total' | 'deadline'
 
 /** An attempt (`timeout`) or the whole call (`totalTimeout`) took too long. */
 export class TimeoutError extends HttpClientError {
@@ -95,7 +95,7 @@ export class HttpStatusError extends HttpClientError {
   /** The first KiB of the response body, as text. */
   readonly body: string
 
-  constructor (details: CallDetails, statusCode: number, body: string) {
+  constructor (details: CallDetails, statusCode: number, body: string, readonly response?: unknown) {
     const quoted = body.length === 0 ? '' : `: ${body.length > 200 ? body.slice(0, 200) + '…' : body}`
     super('FRH_HTTP_STATUS', `${describeCall(details)} answered ${statusCode}${quoted}`, details)
     this.statusCode = statusCode
@@ -134,5 +134,15 @@ export class InvalidOptionsError extends HttpClientError {
   constructor (option: string, reason: string, clientName?: string) {
     super('FRH_INVALID_OPTIONS', `Invalid option ${option}${clientName === undefined ? '' : ` of client "${clientName}"`}: ${reason}`, { clientName })
     this.option = option
+  }
+}
+
+/** Over `maxInFlight` or the adaptive limit: nothing was sent. */
+export class OverloadedError extends HttpClientError {
+  readonly limit: number
+
+  constructor (details: CallDetails, limit: number) {
+    super('FRH_OVERLOADED', `${describeCall(details)} refused: ${limit} calls already under way`, details)
+    this.limit = limit
   }
 }

@@ -3,12 +3,15 @@ import type { CircuitState } from './circuit-breaker'
 import type { Logger } from './logger'
 
 /** Why a retry was not made. */
-export type RetrySkipReason = 'method' | 'budget' | 'deadline' | 'circuit' | 'attempts' | 'stream-body'
+export type RetrySkipReason = 'method' | 'budget' | 'deadline' | 'circuit' | 'attempts' | 'stream-body' | 'closing'
 
-export interface RetryEvent {
+interface CallEvent {
   client: string
   method: string
   path: string
+}
+
+export interface RetryEvent extends CallEvent {
   /** The attempt that failed (1 for the first). */
   attempt: number
   /** What failed: `status 503`, `ECONNRESET`, `timeout`, ... */
@@ -17,58 +20,166 @@ export interface RetryEvent {
   waitMs: number
 }
 
-export interface RetrySkippedEvent {
-  client: string
-  method: string
-  path: string
+export interface RetrySkippedEvent extends CallEvent {
   attempt: number
   reason: string
   /** Why no retry was made. */
   skipped: RetrySkipReason
 }
 
+export interface HedgeEvent extends CallEvent {
+  /** The hedge's attempt number (2 for the first hedge of a call). */
+  attempt: number
+  /** How long the call had waited for response headers. */
+  delayMs: number
+}
+
+/** What moved the circuit. */
+export type CircuitCause = 'failures' | 'retry-after' | 'probe' | 'recovery'
+
 export interface CircuitEvent {
   client: string
   from: CircuitState
   to: CircuitState
-  /** When the circuit opens: ms until it half-opens. */
+  /** When the circuit opens: ms until it half-opens; 0 otherwise. */
   remainingMs: number
+  cause: CircuitCause
+}
+
+export interface ShortCircuitedEvent extends CallEvent {
+  remainingMs: number
+}
+
+export interface OverloadedEvent extends CallEvent {
+  limit: number
+}
+
+export interface DeadlineExceededEvent extends CallEvent {
+  attempts: number
+}
+
+export interface ConcurrencyLimitEvent {
+  client: string
+  from: number
+  to: number
+}
+
+export interface ReplicaEvent {
+  client: string
+  origin: string
+  /** `true` when ejected, `false` when it serves again. */
+  ejected: boolean
+  /** How long it is out, when ejected. */
+  ejectionMs: number
+  /** Times it was ejected so far. */
+  ejections: number
 }
 
 /**
  * The `diagnostics_channel` names the client publishes on; subscribe with
  * `diagnostics_channel.subscribe(name, listener)` for metrics and tracing.
+ * The OpenTelemetry counter is built on these.
  */
 export const CHANNELS = Object.freeze({
   retry: 'fastify-resilient-http:retry',
   retrySkipped: 'fastify-resilient-http:retry-skipped',
-  circuit: 'fastify-resilient-http:circuit'
+  hedge: 'fastify-resilient-http:hedge',
+  circuit: 'fastify-resilient-http:circuit',
+  shortCircuited: 'fastify-resilient-http:short-circuited',
+  overloaded: 'fastify-resilient-http:overloaded',
+  deadlineExceeded: 'fastify-resilient-http:deadline-exceeded',
+  concurrencyLimit: 'fastify-resilient-http:concurrency-limit',
+  replica: 'fastify-resilient-http:replica'
 })
 
-const retryChannel = diagnosticsChannel.channel(CHANNELS.retry)
-const retrySkippedChannel = diagnosticsChannel.channel(CHANNELS.retrySkipped)
-const circuitChannel = diagnosticsChannel.channel(CHANNELS.circuit)
+const channels = {
+  retry: diagnosticsChannel.channel(CHANNELS.retry),
+  retrySkipped: diagnosticsChannel.channel(CHANNELS.retrySkipped),
+  hedge: diagnosticsChannel.channel(CHANNELS.hedge),
+  circuit: diagnosticsChannel.channel(CHANNELS.circuit),
+  shortCircuited: diagnosticsChannel.channel(CHANNELS.shortCircuited),
+  overloaded: diagnosticsChannel.channel(CHANNELS.overloaded),
+  deadlineExceeded: diagnosticsChannel.channel(CHANNELS.deadlineExceeded),
+  concurrencyLimit: diagnosticsChannel.channel(CHANNELS.concurrencyLimit),
+  replica: diagnosticsChannel.channel(CHANNELS.replica)
+}
 
-/** Reports a client's retries and breaker transitions to its logger and the diagnostics channels. */
+/**
+ * The attempt being handed to undici right now (1-based), 0 otherwise. undici
+ * publishes `undici:request:create` synchronously inside `dispatch()`, so an
+ * instrumentation hook running there can tell a retry or hedge from a first try.
+ */
+export const dispatching = { attempt: 0 }
+
+/** Limit changes are published each time but logged at most this often. */
+const LIMIT_LOG_INTERVAL_MS = 1_000
+
+/**
+ * Reports a client's decisions to a logger and the diagnostics channels.
+ * Each log line carries the client's name once, as `client`; a decision made
+ * for a call goes through the logger of the request that made the call.
+ */
 export class ClientEvents {
-  constructor (private readonly logger: Logger) {}
+  readonly #log: Logger
+  #limitLoggedAt = -Infinity
 
-  retry (event: RetryEvent): void {
-    this.logger.info(event, `retrying ${event.method} ${event.path} in ${event.waitMs} ms after ${event.reason} (attempt ${event.attempt})`)
-    if (retryChannel.hasSubscribers) retryChannel.publish(event)
+  constructor (log: Logger) {
+    this.#log = log
   }
 
-  retrySkipped (event: RetrySkippedEvent): void {
-    this.logger.info(event, `not retrying ${event.method} ${event.path} after ${event.reason}: ${event.skipped}`)
-    if (retrySkippedChannel.hasSubscribers) retrySkippedChannel.publish(event)
+  retry (event: RetryEvent, log = this.#log): void {
+    log.info(event, `retrying ${event.method} ${event.path} in ${event.waitMs} ms after ${event.reason} (attempt ${event.attempt})`)
+    if (channels.retry.hasSubscribers) channels.retry.publish(event)
   }
 
-  circuit (event: CircuitEvent): void {
+  retrySkipped (event: RetrySkippedEvent, log = this.#log): void {
+    log.info(event, `not retrying ${event.method} ${event.path} after ${event.reason}: ${event.skipped}`)
+    if (channels.retrySkipped.hasSubscribers) channels.retrySkipped.publish(event)
+  }
+
+  hedge (event: HedgeEvent, log = this.#log): void {
+    log.info(event, `hedging ${event.method} ${event.path} after ${event.delayMs} ms without an answer (attempt ${event.attempt})`)
+    if (channels.hedge.hasSubscribers) channels.hedge.publish(event)
+  }
+
+  circuit (event: CircuitEvent, log = this.#log): void {
     if (event.to === 'open') {
-      this.logger.warn(event, `circuit open for ${event.remainingMs} ms`)
+      log.warn(event, `circuit open for ${event.remainingMs} ms${event.cause === 'retry-after' ? ', as the upstream asked (Retry-After)' : ''}`)
     } else {
-      this.logger.info(event, `circuit ${event.to}`)
+      log.info(event, `circuit ${event.to}`)
     }
-    if (circuitChannel.hasSubscribers) circuitChannel.publish(event)
+    if (channels.circuit.hasSubscribers) channels.circuit.publish(event)
+  }
+
+  /** Refusals come in bulk while the circuit is open: published, not logged. */
+  shortCircuited (event: ShortCircuitedEvent): void {
+    if (channels.shortCircuited.hasSubscribers) channels.shortCircuited.publish(event)
+  }
+
+  /** Refusals come in bulk under overload: published, not logged. */
+  overloaded (event: OverloadedEvent): void {
+    if (channels.overloaded.hasSubscribers) channels.overloaded.publish(event)
+  }
+
+  deadlineExceeded (event: DeadlineExceededEvent, log = this.#log): void {
+    log.info(event, `${event.method} ${event.path}: the inbound request's deadline passed (after ${event.attempts} attempt(s))`)
+    if (channels.deadlineExceeded.hasSubscribers) channels.deadlineExceeded.publish(event)
+  }
+
+  concurrencyLimit (event: ConcurrencyLimitEvent, now: number): void {
+    if (now - this.#limitLoggedAt >= LIMIT_LOG_INTERVAL_MS) {
+      this.#limitLoggedAt = now
+      this.#log.info(event, `concurrency limit ${event.to} (was ${event.from})`)
+    }
+    if (channels.concurrencyLimit.hasSubscribers) channels.concurrencyLimit.publish(event)
+  }
+
+  replica (event: ReplicaEvent): void {
+    if (event.ejected) {
+      this.#log.warn(event, `replica ${event.origin} ejected for ${event.ejectionMs} ms`)
+    } else {
+      this.#log.info(event, `replica ${event.origin} serves again`)
+    }
+    if (channels.replica.hasSubscribers) channels.replica.publish(event)
   }
 }

@@ -25,12 +25,13 @@ export interface ResolvedBreaker {
   readonly failureThreshold: number
   readonly recoveryMs: number
   readonly halfOpenMaxProbes: number
+  readonly openOnRetryAfter: boolean
 }
 
 /** A client's options, validated and with every default filled in. */
 export interface ResolvedClientOptions {
   readonly name: string
-  readonly origin: string
+  readonly origins: readonly string[]
   readonly basePath: string
   readonly timeout: number
   readonly totalTimeout: number
@@ -41,7 +42,15 @@ export interface ResolvedClientOptions {
   readonly pool: Pool.Options
   readonly maxResponseBytes: number | undefined
   readonly dispatcher: Dispatcher | undefined
+  readonly hedge: ResolvedHedge | false
+  readonly maxInFlight: number
+  readonly adaptiveConcurrency: ResolvedAdaptive | false
+  readonly outlierDetection: ResolvedOutlier | false
 }
+
+export interface ResolvedHedge { readonly delayMs: number | 'auto', readonly maxHedges: number }
+export interface ResolvedAdaptive { readonly initial: number, readonly min: number, readonly max: number }
+export interface ResolvedOutlier { readonly consecutiveFailures: number, readonly baseEjectionMs: number, readonly maxEjectedPercent: number }
 
 export interface ResolvedPluginOptions {
   readonly clients: readonly ResolvedClientOptions[]
@@ -75,7 +84,7 @@ export const DEFAULT_RETRY: ResolvedRetry = Object.freeze({
   budget: Object.freeze({ ratio: 0.2, minPerSecond: 10 })
 })
 
-export const DEFAULT_BREAKER: ResolvedBreaker = Object.freeze({ failureThreshold: 5, recoveryMs: 30_000, halfOpenMaxProbes: 1 })
+export const DEFAULT_BREAKER: ResolvedBreaker = Object.freeze({ failureThreshold: 5, recoveryMs: 30_000, halfOpenMaxProbes: 1, openOnRetryAfter: true })
 
 function join (path: string, key: string): string {
   return path === '' ? key : `${path}.${key}`
@@ -137,7 +146,8 @@ function resolveBreaker (value: unknown, path: string, fail: Fail): ResolvedBrea
   return Object.freeze({
     failureThreshold: given.failureThreshold === undefined ? DEFAULT_BREAKER.failureThreshold : checkInteger(given.failureThreshold, join(path, 'failureThreshold'), fail, 1),
     recoveryMs: given.recoveryMs === undefined ? DEFAULT_BREAKER.recoveryMs : checkDuration(given.recoveryMs, join(path, 'recoveryMs'), fail),
-    halfOpenMaxProbes: given.halfOpenMaxProbes === undefined ? DEFAULT_BREAKER.halfOpenMaxProbes : checkInteger(given.halfOpenMaxProbes, join(path, 'halfOpenMaxProbes'), fail, 1)
+    halfOpenMaxProbes: given.halfOpenMaxProbes === undefined ? DEFAULT_BREAKER.halfOpenMaxProbes : checkInteger(given.halfOpenMaxProbes, join(path, 'halfOpenMaxProbes'), fail, 1),
+    openOnRetryAfter: true
   })
 }
 
@@ -154,7 +164,7 @@ export function resolveClientOptions (name: string, options: unknown, path: stri
   const fail: Fail = (option, reason) => { throw new InvalidOptionsError(option, reason, name) }
   const given = checkObject(options, path, fail) as ClientOptions
   checkKeys(given, CLIENT_KEYS, path, fail)
-  const { origin, basePath } = parseBaseUrl(given.baseUrl, join(path, 'baseUrl'), fail)
+  const { origins, basePath } = parseBaseUrl(given.baseUrl, join(path, 'baseUrl'), fail)
   const timeout = given.timeout === undefined ? DEFAULT_TIMEOUT : checkDuration(given.timeout, join(path, 'timeout'), fail)
   const totalTimeout = given.totalTimeout === undefined ? DEFAULT_TOTAL_TIMEOUT : checkDuration(given.totalTimeout, join(path, 'totalTimeout'), fail)
   const defaultHeaders = given.defaultHeaders === undefined ? [] : toHeaderList(given.defaultHeaders, join(path, 'defaultHeaders'), fail)
@@ -167,7 +177,7 @@ export function resolveClientOptions (name: string, options: unknown, path: stri
   }
   return Object.freeze({
     name,
-    origin,
+    origins,
     basePath,
     timeout,
     totalTimeout,
@@ -177,7 +187,11 @@ export function resolveClientOptions (name: string, options: unknown, path: stri
     circuitBreaker: resolveBreaker(given.circuitBreaker, join(path, 'circuitBreaker'), fail),
     pool: { connections: DEFAULT_CONNECTIONS, ...pool },
     maxResponseBytes,
-    dispatcher: given.dispatcher
+    dispatcher: given.dispatcher,
+    hedge: false,
+    maxInFlight: 1000,
+    adaptiveConcurrency: false,
+    outlierDetection: false
   })
 }
 
@@ -256,4 +270,16 @@ function checkDefaults (defaults: Record<string, unknown>): void {
     if (error instanceof InvalidOptionsError) throw new InvalidOptionsError(error.option, error.message.replace(/^Invalid option \S+ of client "defaults": /, ''))
     throw error
   }
+}
+
+/** Merges a per-call `hedge` over the client's. */
+export function resolveHedge (value: unknown, base: ResolvedHedge | false, path: string, fail: Fail): ResolvedHedge | false {
+  if (value === false) return false
+  if (value === undefined) return base
+  const given = checkObject(value, path, fail)
+  checkKeys(given, ['delayMs', 'maxHedges'], path, fail)
+  return Object.freeze({
+    delayMs: given.delayMs === undefined ? (base === false ? 'auto' : base.delayMs) : given.delayMs === 'auto' ? 'auto' : checkDuration(given.delayMs, join(path, 'delayMs'), fail),
+    maxHedges: given.maxHedges === undefined ? (base === false ? 1 : base.maxHedges) : checkInteger(given.maxHedges, join(path, 'maxHedges'), fail, 1, 3)
+  })
 }

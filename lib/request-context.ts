@@ -3,7 +3,21 @@ import { asyncLocalStorage } from '@fastify/request-context'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import { randomUUID } from 'node:crypto'
 import type { HeaderList } from './headers'
+import type { Logger } from './logger'
 import { isValidRequestId } from './request-id'
+
+/** What outbound calls made while serving one inbound request need of it. */
+export interface InboundContext extends OutboundContext {
+  readonly requestId: string
+  readonly deadlineAt: number | undefined
+  readonly deadlineHeader: string | undefined
+  readonly log: Logger
+}
+
+/** The inbound request being served, if any. */
+export function currentInboundContext (): InboundContext | undefined {
+  return currentOutboundContext() as InboundContext | undefined
+}
 
 /** What outbound calls made while serving one inbound request send along. */
 export interface OutboundContext {
@@ -93,7 +107,7 @@ export function installRequestContext (fastify: FastifyInstance, settings: Reque
         propagated.push(name, value)
       }
     }
-    const context: OutboundContext = { withRequestId: [requestIdHeader, id, ...propagated], propagatedOnly: propagated }
+    const context: InboundContext = { requestId: id, withRequestId: [requestIdHeader, id, ...propagated], propagatedOnly: propagated, deadlineAt: undefined, deadlineHeader: undefined, log: request.log }
     ;(request as unknown as Record<symbol, OutboundContext>)[kContext] = context
 
     const store = storage.getStore()

@@ -175,6 +175,17 @@ export interface CallOptions {
   retry?: RetryOptions | false
   /** Sent as `Idempotency-Key` on every attempt; `true` generates one. Makes POST/PATCH retryable. */
   idempotencyKey?: string | true
+  /** Overrides part of the client's hedging, or `false` for none (GET, HEAD and OPTIONS only). */
+  hedge?: HedgeOptions | false
+  /** `false`: this call ignores the inbound request's deadline. */
+  deadline?: false
+}
+
+export interface HedgeOptions {
+  /** ms without response headers before a hedge is sent; `'auto'`: the client's recent p95. @default 'auto' */
+  delayMs?: number | 'auto'
+  /** Hedges per call, 1 to 3. @default 1 */
+  maxHedges?: number
 }
 
 export interface RequestOptions extends CallOptions {

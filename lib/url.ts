@@ -3,7 +3,7 @@ import { describe, type Fail } from './validate'
 
 export interface BaseUrl {
   /** `protocol//host:port`, what the undici Pool connects to. */
-  origin: string
+  origins: string[]
   /** The base path without its trailing slash, `''` for none. */
   basePath: string
 }
@@ -21,7 +21,7 @@ export function parseBaseUrl (value: unknown, path: string, fail: Fail): BaseUrl
   if (url.hash !== '' || value.includes('#')) fail(path, 'must not have a fragment')
   if (url.username !== '' || url.password !== '') fail(path, 'must not carry credentials; send them with defaultHeaders')
   const basePath = url.pathname.endsWith('/') ? url.pathname.slice(0, -1) : url.pathname
-  return { origin: url.origin, basePath }
+  return { origins: [url.origin], basePath }
 }
 
 /**
@@ -62,4 +62,14 @@ export function queryString (query: Query): string {
     }
   }
   return out === '' ? '' : `?${out}`
+}
+
+/** A path that must not be sent. */
+export class PathRefusal extends Error {}
+
+/** The path to put on the request line, or a `PathRefusal`. */
+export function sendablePath (path: unknown): string {
+  const reason = unsafePathReason(path)
+  if (reason !== null) throw new PathRefusal(reason)
+  return path as string
 }

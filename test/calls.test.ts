@@ -247,6 +247,11 @@ test('stats() counts calls', async (t) => {
     retries: 0,
     retriesDenied: 0,
     shortCircuited: 0,
+    hedges: 0,
+    hedgeWins: 0,
+    overloaded: 0,
+    concurrencyLimit: undefined,
+    replicas: [{ origin: upstream.url, inFlight: 0, ejected: false, ejections: 0, failures: 0 }],
     pool: { connected: 0, free: 0, pending: 0, queued: 0, running: 0, size: 0 }
   })
   await (await client.get('/ok')).text()

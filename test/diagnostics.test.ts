@@ -168,9 +168,9 @@ test('breaker transitions are published and logged', async (t) => {
   status = 200
   await client.get('/x')
   t.same(transitions, [
-    { client: 'breaker', from: 'closed', to: 'open', remainingMs: 4_000 },
-    { client: 'breaker', from: 'open', to: 'half-open', remainingMs: 0 },
-    { client: 'breaker', from: 'half-open', to: 'closed', remainingMs: 0 }
+    { client: 'breaker', from: 'closed', to: 'open', remainingMs: 4_000, cause: 'failures' },
+    { client: 'breaker', from: 'open', to: 'half-open', remainingMs: 0, cause: 'recovery' },
+    { client: 'breaker', from: 'half-open', to: 'closed', remainingMs: 0, cause: 'probe' }
   ])
   const logged = lines.filter((line) => line.to !== undefined)
   t.same(logged.map((line) => [line.level, line.client, line.from, line.to]), [

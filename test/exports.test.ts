@@ -55,7 +55,13 @@ test('every named export is there', async (t) => {
   t.same(api.CHANNELS, {
     retry: 'fastify-resilient-http:retry',
     retrySkipped: 'fastify-resilient-http:retry-skipped',
-    circuit: 'fastify-resilient-http:circuit'
+    hedge: 'fastify-resilient-http:hedge',
+    circuit: 'fastify-resilient-http:circuit',
+    shortCircuited: 'fastify-resilient-http:short-circuited',
+    overloaded: 'fastify-resilient-http:overloaded',
+    deadlineExceeded: 'fastify-resilient-http:deadline-exceeded',
+    concurrencyLimit: 'fastify-resilient-http:concurrency-limit',
+    replica: 'fastify-resilient-http:replica'
   })
   t.ok(Object.isFrozen(api.CHANNELS))
 })

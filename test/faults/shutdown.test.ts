@@ -1,7 +1,8 @@
+import diagnosticsChannel from 'node:diagnostics_channel'
 import path from 'node:path'
 import Fastify from 'fastify'
 import { test, type Test } from 'tap'
-import resilientHttp, { ClientClosedError } from '../../plugin'
+import resilientHttp, { CHANNELS, ClientClosedError } from '../../plugin'
 import { type ChildResult, runChildThatMustExit } from '../helpers/child-process'
 import '../helpers/fastify-types'
 import {
@@ -45,6 +46,12 @@ test(`fastify.close() while ${CALLS} calls are in flight or waiting to retry`, a
     }
   })
   const client = app.httpClients.api
+  // A retry event is published as a wait begins; stats().retries counts the waits that ended in a retry.
+  let waitsBegun = 0
+  const onRetry = (): void => { waitsBegun++ }
+  diagnosticsChannel.subscribe(CHANNELS.retry, onRetry)
+  t.teardown(() => diagnosticsChannel.unsubscribe(CHANNELS.retry, onRetry))
+  const waiting = (): number => waitsBegun - client.stats().retries
 
   const settledTimes = new Uint8Array(CALLS)
   const outcomes = new Tally()
@@ -65,8 +72,8 @@ test(`fastify.close() while ${CALLS} calls are in flight or waiting to retry`, a
     }))
   }
   // Close once some calls wait to retry (bounded: a busy machine may be slow).
-  for (let i = 0; i < 250 && client.waiting.size < 20; i++) await delay(20)
-  const atClose = { inFlight: client.stats().inFlight, waiting: client.waiting.size, upstreamHits: upstream.requests }
+  for (let i = 0; i < 250 && waiting() < 20; i++) await delay(20)
+  const atClose = { inFlight: client.stats().inFlight, waiting: waiting(), upstreamHits: upstream.requests }
 
   const started = Date.now()
   await app.close()

@@ -1,0 +1,346 @@
+import type { IncomingHttpHeaders } from 'node:http'
+import { Readable } from 'node:stream'
+import type { Dispatcher } from 'undici'
+import { runInOtelContext } from './async-context'
+import type { PermitValue } from './circuit-breaker'
+import { type CallDetails, HttpClientError, ResponseTooLargeError, type TimeoutKind, TimeoutError, UpstreamError } from './errors'
+import { dispatching } from './events'
+import type { Sendable, Upstream } from './pool'
+import type { TimedEntry, TimerHeap } from './timeouts'
+
+// The hot path of every call: an attempt is its own undici handler, its own
+// timer-heap entry, its own admission-queue entry and its own body buffer,
+// so sending one allocates nothing else. Decisions live in call.ts.
+
+/** The controller undici 7 and 8 hand a handler in `onRequestStart`. */
+export interface DispatchController {
+  abort(reason: Error): void
+  pause(): void
+  resume(): void
+}
+
+/** Where an attempt is in its life. */
+export const Phase = { Queued: 0, Sent: 1, Streaming: 2, Buffering: 3, Done: 4 } as const
+type PhaseValue = typeof Phase[keyof typeof Phase]
+
+/** Why we cut an attempt short; `None` when undici ended it. */
+export const Cut = { None: 0, Timeout: 1, Caller: 2, Closed: 3, Loser: 4, TooLarge: 5 } as const
+export type CutValue = typeof Cut[keyof typeof Cut]
+
+/** A response body nobody reads yet is paused past this many bytes, as a stream would be. */
+const UNREAD_HIGH_WATER = 64 * 1024
+
+/** What an attempt needs of the client it belongs to. */
+export interface AttemptHost {
+  readonly name: string
+  readonly timers: TimerHeap
+  readonly maxResponseBytes: number | undefined
+  readonly clock: { now(): number }
+}
+
+/** What an attempt needs of its call. */
+export interface AttemptOwner extends CallDetails {
+  readonly clientName: string
+  readonly method: string
+  readonly path: string
+  readonly otelContext: unknown
+  /** Response headers came: `true` when the call takes this response as it streams (a winning answer). */
+  onAttemptHeaders(attempt: Attempt): boolean
+  /** The attempt is over without being handed out: judge it. */
+  onAttemptEnd(attempt: Attempt): void
+  /** The body of the response handed out is over (read, failed or cut). */
+  onBodyEnd(attempt: Attempt): void
+}
+
+type Settlers = [(value: Buffer) => void, (error: unknown) => void]
+let settlersBeingMade: Settlers | null = null
+function captureSettlers (resolve: (value: Buffer) => void, reject: (error: unknown) => void): void {
+  settlersBeingMade = [resolve, reject]
+}
+
+// Re-entering a caller's OpenTelemetry context needs a function: one, shared, fed through this variable.
+let attemptBeingSent: Attempt | null = null
+function sendAttemptBeingSent (): void {
+  const attempt = attemptBeingSent as Attempt
+  attemptBeingSent = null
+  attempt.send()
+}
+
+/**
+ * One attempt of a call on undici's handler API. It is cancelled through
+ * its controller (or, before undici handed one over, by leaving: the
+ * controller that comes later is aborted at once), and it reports its end to
+ * its call exactly once.
+ */
+export class Attempt implements Sendable, TimedEntry {
+  readonly owner: AttemptOwner
+  readonly host: AttemptHost
+  readonly upstream: Upstream
+  readonly options: Dispatcher.DispatchOptions
+  /** 1-based among all attempts of the call, hedges included. */
+  readonly number: number
+  readonly permit: PermitValue
+  readonly isHedge: boolean
+  /** When it was routed (queued or sent), in the client clock's ms. */
+  readonly startedAt: number
+  phase: PhaseValue = Phase.Queued
+  cut: CutValue = Cut.None
+  /** What ended it: undici's error or the reason it was cut; `undefined` for a complete response. */
+  error: unknown = undefined
+  statusCode = 0
+  headers: IncomingHttpHeaders | null = null
+  /** When response headers came, in the client clock's ms; 0 before. */
+  headersAt = 0
+  size = 0
+
+  // Queue and timer entries.
+  queuePrev: Sendable | null = null
+  queueNext: Sendable | null = null
+  timerAt = 0
+  timerIndex = -1
+  timeoutKind: TimeoutKind = 'attempt'
+  timeoutMs = 0
+
+  // Live attempts of the client, for close.
+  livePrev: Attempt | null = null
+  liveNext: Attempt | null = null
+
+  #controller: DispatchController | null = null
+  #dispatched = false
+  #paused = false
+  #first: Buffer | null = null
+  #rest: Buffer[] | null = null
+  #reader: Settlers | null = null
+  #stream: Readable | null = null
+  #read = false
+
+  constructor (owner: AttemptOwner, host: AttemptHost, upstream: Upstream, options: Dispatcher.DispatchOptions, number: number, permit: PermitValue, isHedge: boolean, now: number) {
+    this.owner = owner
+    this.host = host
+    this.upstream = upstream
+    this.options = options
+    this.number = number
+    this.permit = permit
+    this.isHedge = isHedge
+    this.startedAt = now
+  }
+
+  // --- sending ---
+
+  dispatch (_dispatcher: Dispatcher, deferred: boolean): void {
+    this.phase = Phase.Sent
+    this.#dispatched = true
+    // A first try goes out in its caller's context; a retry, a hedge or a queued attempt
+    // re-enters it, so a tracer parents its span to the caller's.
+    if (!deferred && this.number === 1) {
+      this.send()
+      return
+    }
+    attemptBeingSent = this
+    runInOtelContext(this.owner.otelContext, sendAttemptBeingSent)
+  }
+
+  /** @internal Hands the attempt to undici. */
+  send (): void {
+    dispatching.attempt = this.number
+    try {
+      this.upstream.dispatcher.dispatch(this.options, this as unknown as Dispatcher.DispatchHandler)
+    } catch (error) {
+      this.onResponseError(null, error as Error)
+    } finally {
+      dispatching.attempt = 0
+    }
+  }
+
+  // --- undici's handler API ---
+
+  onRequestStart (controller: DispatchController): void {
+    if (this.phase === Phase.Done) {
+      // Cut before undici got to it: it must not be sent now.
+      controller.abort(this.error instanceof Error ? this.error : new Error('attempt cancelled'))
+      return
+    }
+    this.#controller = controller
+  }
+
+  onRequestUpgrade (controller: DispatchController): void {
+    controller.abort(new Error('fastify-resilient-http does not handle protocol upgrades'))
+  }
+
+  onResponseStart (controller: DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    if (this.phase === Phase.Done) return
+    this.#controller = controller
+    this.statusCode = statusCode
+    this.headers = headers
+    this.headersAt = this.host.clock.now()
+    const limit = this.host.maxResponseBytes
+    if (limit !== undefined && this.owner.method !== 'HEAD' && Number(headers['content-length']) > limit) {
+      this.cancel(Cut.TooLarge, new ResponseTooLargeError(this.owner, limit))
+      return
+    }
+    this.phase = this.owner.onAttemptHeaders(this) ? Phase.Streaming : Phase.Buffering
+  }
+
+  onResponseData (controller: DispatchController, chunk: Buffer): void {
+    if (this.phase === Phase.Done) return
+    this.size += chunk.length
+    const limit = this.host.maxResponseBytes
+    if (limit !== undefined && this.size > limit) {
+      this.cancel(Cut.TooLarge, new ResponseTooLargeError(this.owner, limit))
+      return
+    }
+    if (this.#stream !== null) {
+      if (!this.#stream.push(chunk)) controller.pause()
+      return
+    }
+    if (this.#first === null) this.#first = chunk
+    else if (this.#rest === null) this.#rest = [chunk]
+    else this.#rest.push(chunk)
+    if (this.phase === Phase.Streaming && this.#reader === null && !this.#paused && this.size > UNREAD_HIGH_WATER) {
+      this.#paused = true
+      controller.pause()
+    }
+  }
+
+  onResponseEnd (): void {
+    if (this.phase === Phase.Done) return
+    const streaming = this.phase === Phase.Streaming
+    this.#finish()
+    if (this.#stream !== null) this.#stream.push(null)
+    if (this.#reader !== null) {
+      const [resolve] = this.#reader
+      this.#reader = null
+      resolve(this.bytes())
+    }
+    if (streaming) this.owner.onBodyEnd(this)
+    else this.owner.onAttemptEnd(this)
+  }
+
+  onResponseError (_controller: DispatchController | null, error: Error): void {
+    if (this.phase === Phase.Done) return
+    const streaming = this.phase === Phase.Streaming
+    if (this.cut === Cut.None) this.error = error
+    this.#finish()
+    if (streaming) {
+      this.#failBody()
+      this.owner.onBodyEnd(this)
+    } else {
+      this.owner.onAttemptEnd(this)
+    }
+  }
+
+  // --- deadline ---
+
+  onTimer (): void {
+    const owner = this.owner
+    this.cancel(Cut.Timeout, new TimeoutError({ clientName: owner.clientName, method: owner.method, path: owner.path, attempts: this.number }, this.timeoutKind, this.timeoutMs))
+  }
+
+  /**
+   * Ends the attempt now, for `cut`'s reason: unlinked if still queued,
+   * aborted through its controller if undici has it, or left to be aborted
+   * when undici hands the controller over.
+   */
+  cancel (cut: CutValue, reason: unknown): void {
+    if (this.phase === Phase.Done) return
+    this.cut = cut
+    this.error = reason
+    if (this.phase === Phase.Queued) {
+      this.upstream.unqueue(this)
+      this.#dispatched = false
+    } else if (this.#controller !== null) {
+      // undici reports the abort through onResponseError, in undici 7 at once.
+      this.#controller.abort(reason instanceof Error ? reason : new Error(String(reason)))
+      if ((this.phase as PhaseValue) === Phase.Done) return
+    }
+    this.onResponseError(null, reason as Error)
+  }
+
+  #finish (): void {
+    this.phase = Phase.Done
+    if (this.timerIndex >= 0) this.host.timers.remove(this)
+    if (this.#dispatched) {
+      this.#dispatched = false
+      this.upstream.release()
+    }
+  }
+
+  // --- the body ---
+
+  /** The whole response has arrived. */
+  get complete (): boolean {
+    return this.phase === Phase.Done && this.error === undefined
+  }
+
+  /** The whole body received so far (all of it once the attempt is done). */
+  bytes (): Buffer {
+    if (this.#first === null) return EMPTY
+    if (this.#rest === null) return this.#first
+    const all = Buffer.concat([this.#first, ...this.#rest], this.size)
+    this.#first = all
+    this.#rest = null
+    return all
+  }
+
+  /** The whole body, once it has arrived. */
+  readAll (): Promise<Buffer> {
+    if (this.#stream !== null) return Promise.reject(new TypeError('the response body is already being read as a stream'))
+    if (this.phase === Phase.Done) {
+      if (this.error !== undefined) return Promise.reject(this.#bodyError())
+      return Promise.resolve(this.bytes())
+    }
+    if (this.#reader !== null) return Promise.reject(new TypeError('the response body is already being read'))
+    const promise = new Promise<Buffer>(captureSettlers)
+    this.#reader = settlersBeingMade
+    settlersBeingMade = null
+    this.#resume()
+    return promise
+  }
+
+  /** The body as a `Readable`, made on first use, with backpressure through the controller. */
+  stream (): Readable {
+    if (this.#stream !== null) return this.#stream
+    const stream = new Readable({ read: () => this.#resume() })
+    this.#stream = stream
+    if (this.#first !== null) stream.push(this.bytes())
+    this.#first = null
+    if (this.phase === Phase.Done) {
+      if (this.error !== undefined) stream.destroy(this.#bodyError() as Error)
+      else stream.push(null)
+    }
+    return stream
+  }
+
+  /** Marks the body as read by one of `json()`, `text()`, `arrayBuffer()`; `false` if it was already. */
+  takeBody (): boolean {
+    if (this.#read) return false
+    this.#read = true
+    return true
+  }
+
+  #resume (): void {
+    if (this.#controller === null || this.phase === Phase.Done) return
+    this.#paused = false
+    this.#controller.resume()
+  }
+
+  #failBody (): void {
+    const error = this.#bodyError()
+    if (this.#stream !== null) this.#stream.destroy(error as Error)
+    if (this.#reader !== null) {
+      const [, reject] = this.#reader
+      this.#reader = null
+      reject(error)
+    }
+  }
+
+  /** The error a reader of the body sees: ours as they are, a caller's reason as given, undici's wrapped. */
+  #bodyError (): unknown {
+    const error = this.error
+    if (error instanceof HttpClientError || this.cut === Cut.Caller) return error
+    const owner = this.owner
+    return new UpstreamError({ clientName: owner.clientName, method: owner.method, path: owner.path, attempts: this.number, cause: error })
+  }
+}
+
+const EMPTY = Buffer.alloc(0)

@@ -1,0 +1,140 @@
+import type { Attempt } from './attempt'
+import type { Call, CallHost } from './call'
+import { CircuitBreaker } from './circuit-breaker'
+import { type Clock, type RandomSource, systemClock } from './clock'
+import { ConcurrencyLimit } from './concurrency'
+import { ClientClosedError } from './errors'
+import { ClientEvents } from './events'
+import { LatencyTracker } from './hedging'
+import type { Logger } from './logger'
+import type { ResolvedBreaker, ResolvedClientOptions } from './options'
+import { createUpstreams } from './pool'
+import { ReplicaSet } from './replicas'
+import { RetryBudget } from './retry-budget'
+import { Counters } from './stats'
+import { TimerHeap } from './timeouts'
+
+/** Injected for tests: the clock and the random source behind waits, budget and breaker. */
+export interface ClientInternals {
+  clock?: Clock
+  random?: RandomSource
+}
+
+/** How long close waits for the pools once nothing of ours runs on them any more. */
+const POOL_CLOSE_MS = 1_000
+
+/**
+ * Everything a client's calls share: its settings, time, the breaker, the
+ * budget, the limits, the replicas and their pools, the timers and the
+ * counters. The public `HttpClient` holds one and shows none of it.
+ */
+export class ClientCore implements CallHost {
+  readonly name: string
+  readonly settings: ResolvedClientOptions
+  readonly clock: Clock
+  readonly random: RandomSource
+  readonly timers: TimerHeap
+  readonly maxResponseBytes: number | undefined
+  readonly breaker: CircuitBreaker | null
+  readonly breakerSettings: ResolvedBreaker | false
+  readonly budget: RetryBudget | null
+  readonly limit: ConcurrencyLimit
+  readonly replicas: ReplicaSet
+  readonly latency: LatencyTracker | null
+  readonly events: ClientEvents
+  readonly log: Logger
+  readonly counters = new Counters()
+  readonly waiting = new Set<Call>()
+  draining = false
+  closed = false
+  #liveHead: Attempt | null = null
+  #live = 0
+  #onIdle: (() => void) | null = null
+  #closing: Promise<void> | null = null
+
+  constructor (settings: ResolvedClientOptions, logger: Logger, internals: ClientInternals, optionPath: string) {
+    this.name = settings.name
+    this.settings = settings
+    this.clock = internals.clock ?? systemClock
+    this.random = internals.random ?? Math.random
+    this.timers = new TimerHeap(this.clock)
+    this.maxResponseBytes = settings.maxResponseBytes
+    this.log = logger
+    this.events = new ClientEvents(logger)
+    this.breakerSettings = settings.circuitBreaker
+    this.breaker = settings.circuitBreaker === false
+      ? null
+      : new CircuitBreaker(settings.circuitBreaker, (from, to, remainingMs, cause) => {
+        this.events.circuit({ client: this.name, from, to, remainingMs, cause })
+      })
+    const budget = settings.retry === false ? false : settings.retry.budget
+    this.budget = budget === false ? null : new RetryBudget(budget.ratio, budget.minPerSecond)
+    this.limit = new ConcurrencyLimit(settings.maxInFlight, settings.adaptiveConcurrency, (from, to) => {
+      this.events.concurrencyLimit({ client: this.name, from, to }, this.clock.now())
+    })
+    this.replicas = new ReplicaSet(createUpstreams(settings, optionPath), settings.outlierDetection, this.random, this.events, this.name)
+    this.latency = settings.hedge !== false && settings.hedge.delayMs === 'auto' ? new LatencyTracker() : null
+  }
+
+  // Attempts not over yet, bodies included, in an intrusive list: close cuts them after its grace period.
+  trackAttempt (attempt: Attempt): void {
+    attempt.liveNext = this.#liveHead
+    if (this.#liveHead !== null) this.#liveHead.livePrev = attempt
+    this.#liveHead = attempt
+    this.#live++
+  }
+
+  untrackAttempt (attempt: Attempt): void {
+    const { livePrev: prev, liveNext: next } = attempt
+    if (prev === null && this.#liveHead !== attempt) return
+    if (prev === null) this.#liveHead = next
+    else prev.liveNext = next
+    if (next !== null) next.livePrev = prev
+    attempt.livePrev = null
+    attempt.liveNext = null
+    if (--this.#live === 0 && this.#onIdle !== null) this.#onIdle()
+  }
+
+  /** From `fastify.close()` on: waits are cut, no retry or hedge is started. */
+  drain (): void {
+    this.draining = true
+    for (const call of [...this.waiting]) call.cancelWait(new ClientClosedError(call))
+  }
+
+  close (): Promise<void> {
+    if (this.#closing === null) {
+      this.drain()
+      this.closed = true
+      this.#closing = this.#closeWhenIdle()
+    }
+    return this.#closing
+  }
+
+  async #closeWhenIdle (): Promise<void> {
+    if (this.#live > 0) {
+      // What is in flight may finish within one attempt timeout; then it is cut.
+      let grace: NodeJS.Timeout | undefined
+      await new Promise<void>((resolve) => {
+        this.#onIdle = resolve
+        grace = setTimeout(resolve, this.settings.timeout).unref()
+      })
+      clearTimeout(grace)
+      this.#onIdle = null
+      for (let attempt = this.#liveHead; attempt !== null; attempt = this.#liveHead) {
+        (attempt.owner as Call).destroy()
+        // A body handed out but never read: its attempt goes with its call.
+        if (this.#liveHead === attempt) this.untrackAttempt(attempt)
+      }
+    }
+    this.timers.stop()
+    await Promise.all(this.replicas.upstreams.map(async (upstream) => {
+      let timer: NodeJS.Timeout | undefined
+      const closed = await Promise.race([
+        upstream.close().then(() => true),
+        new Promise<boolean>((resolve) => { timer = setTimeout(resolve, POOL_CLOSE_MS, false).unref() })
+      ])
+      clearTimeout(timer)
+      if (!closed) await upstream.destroy(this.name)
+    }))
+  }
+}

@@ -1,0 +1,172 @@
+import { randomUUID } from 'node:crypto'
+import type { Dispatcher } from 'undici'
+import { InvalidRequestError } from './errors'
+import { type HeaderList, hasHeader, mergeHeaderLists, toHeaderList } from './headers'
+import { DEFAULT_RETRY, type ResolvedClientOptions, type ResolvedHedge, type ResolvedRetry, resolveHedge, resolveRetry } from './options'
+import type { InboundContext } from './request-context'
+import type { CallOptions } from './types'
+import { PathRefusal, queryString, sendablePath } from './url'
+import { checkDuration, checkKeys, describe, type Fail, hasForbiddenHeaderChars } from './validate'
+
+/** Everything a call sends and decides by, made once from the caller's arguments. */
+export interface PreparedRequest {
+  readonly method: string
+  /** The path as the caller gave it, for errors and logs. */
+  readonly path: string
+  /** What undici is given; `headers` is a flat list with lower-case names. */
+  readonly options: Dispatcher.DispatchOptions & { headers: HeaderList }
+  /** A stream body is sent once: no retry, no hedge. */
+  readonly replayable: boolean
+  readonly hasIdempotencyKey: boolean
+  readonly retry: ResolvedRetry | false
+  readonly hedge: ResolvedHedge | false
+  readonly timeout: number
+  readonly totalTimeout: number
+  readonly signal: AbortSignal | undefined
+  /** The inbound request the call was made for: its logger, its headers. */
+  readonly inbound: InboundContext | undefined
+  /** When the inbound request's deadline passes (client clock ms), unless the call opted out. */
+  readonly deadlineAt: number | undefined
+  /** The header to forward the deadline on, unless the call set it itself; `undefined` for none. */
+  readonly deadlineHeader: string | undefined
+}
+
+const CALL_OPTIONS = ['query', 'headers', 'json', 'body', 'signal', 'timeout', 'totalTimeout', 'retry', 'idempotencyKey', 'hedge', 'deadline']
+const REQUEST_OPTIONS = [...CALL_OPTIONS, 'method', 'path']
+const HEDGED_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
+const JSON_CONTENT_TYPE = 'application/json'
+
+function isStreamBody (body: unknown): boolean {
+  return typeof body === 'object' && body !== null &&
+    (typeof (body as { pipe?: unknown }).pipe === 'function' || typeof (body as Record<symbol, unknown>)[Symbol.asyncIterator] === 'function')
+}
+
+function isAbortSignal (value: unknown): value is AbortSignal {
+  return typeof value === 'object' && value !== null && typeof (value as AbortSignal).addEventListener === 'function' && 'aborted' in value
+}
+
+/** The inbound headers a call carries (request id, propagated headers) under its own. */
+function withInboundHeaders (headers: HeaderList, inbound: InboundContext | undefined, settings: ResolvedClientOptions): HeaderList {
+  if (inbound === undefined) return headers
+  return mergeHeaderLists(headers, settings.propagateRequestId ? inbound.withRequestId : inbound.propagatedOnly)
+}
+
+function deadlineHeaderFor (inbound: InboundContext | undefined, headers: HeaderList): string | undefined {
+  const header = inbound?.deadlineHeader
+  return header === undefined || hasHeader(headers, header) ? undefined : header
+}
+
+/**
+ * Turns a call's arguments into a `PreparedRequest`, or throws
+ * `InvalidRequestError` naming what cannot be sent. A call without options
+ * takes the client's settings as they are: only its path and the inbound
+ * context are looked at.
+ */
+export function prepareRequest (settings: ResolvedClientOptions, method: string, path: string, options: CallOptions | undefined, inbound: InboundContext | undefined, isRequest: boolean): PreparedRequest {
+  const fail: Fail = (option, reason) => {
+    throw new InvalidRequestError({ clientName: settings.name, method, path: String(path) }, `${option} ${reason}`)
+  }
+  let sendPath: string
+  try {
+    sendPath = settings.basePath + sendablePath(path)
+  } catch (error) {
+    if (error instanceof PathRefusal) throw new InvalidRequestError({ clientName: settings.name, method, path: String(path) }, error.message)
+    throw error
+  }
+  if (options === undefined) {
+    const headers = withInboundHeaders(settings.defaultHeaders, inbound, settings)
+    return {
+      method,
+      path,
+      options: { origin: settings.origins[0], method, path: sendPath, headers, body: undefined },
+      replayable: true,
+      hasIdempotencyKey: false,
+      retry: settings.retry,
+      hedge: HEDGED_METHODS.has(method) ? settings.hedge : false,
+      timeout: settings.timeout,
+      totalTimeout: settings.totalTimeout,
+      signal: undefined,
+      inbound,
+      deadlineAt: inbound?.deadlineAt,
+      deadlineHeader: deadlineHeaderFor(inbound, headers)
+    }
+  }
+  if (typeof options !== 'object' || options === null) fail('options', `must be an object, got ${describe(options)}`)
+  checkKeys(options, isRequest ? REQUEST_OPTIONS : CALL_OPTIONS, '', (option) => fail(option, `is not a call option (expected one of ${CALL_OPTIONS.join(', ')})`))
+
+  if (options.query !== undefined) {
+    if (typeof options.query !== 'object' || options.query === null) fail('query', `must be an object, got ${describe(options.query)}`)
+    const query = queryString(options.query)
+    if (query !== '') sendPath += sendPath.includes('?') ? `&${query.slice(1)}` : query
+  }
+
+  let headers = settings.defaultHeaders
+  if (options.headers !== undefined) headers = mergeHeaderLists(toHeaderList(options.headers, 'headers', fail), headers)
+
+  let body: Dispatcher.DispatchOptions['body']
+  let replayable = true
+  if (options.json !== undefined) {
+    if (options.body !== undefined) fail('json', 'and body cannot be used together')
+    let text: string | undefined
+    try {
+      text = JSON.stringify(options.json)
+    } catch (error) {
+      fail('json', `cannot be serialized: ${(error as Error).message}`)
+    }
+    if (text === undefined) fail('json', `cannot be serialized: ${describe(options.json)}`)
+    body = text
+    if (!hasHeader(headers, 'content-type')) headers = [...headers, 'content-type', JSON_CONTENT_TYPE]
+  } else if (options.body !== undefined) {
+    const given = options.body
+    if (typeof given === 'string' || given instanceof Uint8Array) {
+      body = given
+    } else if (isStreamBody(given)) {
+      body = given as Dispatcher.DispatchOptions['body']
+      replayable = false
+    } else {
+      fail('body', `must be a string, Buffer, Uint8Array or readable stream, got ${describe(given)}`)
+    }
+  }
+
+  if (options.idempotencyKey !== undefined && !hasHeader(headers, 'idempotency-key')) {
+    const key = options.idempotencyKey === true ? randomUUID() : options.idempotencyKey
+    if (typeof key !== 'string' || key === '' || hasForbiddenHeaderChars(key)) {
+      fail('idempotencyKey', `must be a non-empty string without CR/LF, or true, got ${describe(options.idempotencyKey)}`)
+    }
+    headers = [...headers, 'idempotency-key', key]
+  }
+
+  const signal = options.signal
+  if (signal !== undefined && !isAbortSignal(signal)) fail('signal', `must be an AbortSignal, got ${describe(signal)}`)
+  const totalTimeout = options.totalTimeout === undefined ? settings.totalTimeout : checkDuration(options.totalTimeout, 'totalTimeout', fail)
+  let timeout = Math.min(settings.timeout, totalTimeout)
+  if (options.timeout !== undefined) {
+    timeout = checkDuration(options.timeout, 'timeout', fail)
+    if (timeout > totalTimeout) fail('timeout', `(${timeout} ms) must not be larger than totalTimeout (${totalTimeout} ms)`)
+  }
+  const retry = options.retry === undefined ? settings.retry : resolveRetry(options.retry, settings.retry === false ? DEFAULT_RETRY : settings.retry, 'retry', fail)
+  let hedge = HEDGED_METHODS.has(method) ? settings.hedge : false
+  if (options.hedge !== undefined) {
+    if (!HEDGED_METHODS.has(method) && options.hedge !== false) fail('hedge', `applies to GET, HEAD and OPTIONS only, not ${method}`)
+    hedge = resolveHedge(options.hedge, settings.hedge, 'hedge', fail)
+  }
+  if (options.deadline !== undefined && options.deadline !== false) fail('deadline', `must be false (to ignore the inbound deadline), got ${describe(options.deadline)}`)
+  const followed = options.deadline === false ? undefined : inbound
+  headers = withInboundHeaders(headers, inbound, settings)
+
+  return {
+    method,
+    path,
+    options: { origin: settings.origins[0], method, path: sendPath, headers, body },
+    replayable,
+    hasIdempotencyKey: hasHeader(headers, 'idempotency-key'),
+    retry,
+    hedge,
+    timeout,
+    totalTimeout,
+    signal,
+    inbound,
+    deadlineAt: followed?.deadlineAt,
+    deadlineHeader: deadlineHeaderFor(followed, headers)
+  }
+}

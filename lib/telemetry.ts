@@ -1,0 +1,2 @@
+/** Replaced by the OpenTelemetry layer. */
+export function installTelemetry (): void {}
