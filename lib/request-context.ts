@@ -144,7 +144,8 @@ export function installRequestContext (fastify: FastifyInstance, settings: Reque
   const deadlineHeader = deadline === false ? undefined : deadline.header.toLowerCase()
   const forwardedDeadlineHeader = deadline !== false && deadline.forward ? deadlineHeader : undefined
   const serverLog = fastify.log
-  const logLabel = fastify.initialConfig.requestIdLogLabel ?? 'reqId'
+  // Fastify always fills it in ('reqId' by default); its types leave it optional.
+  const logLabel = fastify.initialConfig.requestIdLogLabel as string
 
   // Known at registration: did @fastify/request-context open this request's store before our hook?
   const registeredBefore = fastify.hasDecorator('requestContext')

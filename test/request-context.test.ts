@@ -394,3 +394,18 @@ test('the inbound context carries the request\'s own logger, which the app may s
   t.match(lines.filter((line) => line.marker === 'through-context'), [{ reqId: 'rid-log', tenant: 'acme', msg: 'from the context' }])
   t.equal(currentInboundContext(), undefined, 'no context outside a request')
 })
+
+test('@fastify/request-context told to open its store in preValidation still gives the handler the id', async (t) => {
+  const upstream = await startScriptedUpstream(t)
+  const app = Fastify({ genReqId: requestIdGenerator() })
+  t.teardown(() => app.close())
+  await app.register(fastifyRequestContext, { hook: 'preValidation' })
+  await app.register(resilientHttp, { clients: { up: { baseUrl: upstream.url } } })
+  app.get('/late', async (request) => {
+    await (await app.httpClients.up.get('/late', { query: { marker: request.id } })).text()
+    return { current: currentRequestId() ?? null, imported: requestContext.get('requestId') ?? null }
+  })
+  const reply = await app.inject({ url: '/late', headers: { 'x-request-id': 'rid-late' } })
+  t.same(reply.json(), { current: 'rid-late', imported: 'rid-late' })
+  t.equal(upstream.hits[0]?.headers['x-request-id'], 'rid-late')
+})
