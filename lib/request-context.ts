@@ -136,6 +136,10 @@ function fillStore (store: Store, context: InboundContext): void {
  * `app.inject()` runs) is left alone and a fresh one is opened, so the app
  * may register @fastify/request-context before this plugin, after it, or not
  * at all.
+ *
+ * A route's `config.deadlineMs` is checked when the route is registered (an
+ * `onRoute` hook): a bad value fails that registration. Routes registered
+ * before this plugin are not seen by the hook; a bad value there is ignored.
  */
 export function installRequestContext (fastify: FastifyInstance, settings: RequestContextSettings): void {
   const { requestIdHeader, echoRequestId, propagateHeaders } = settings
