@@ -4,7 +4,7 @@ import { InvalidOptionsError } from './lib/errors'
 import { HttpClient } from './lib/http-client'
 import { resolvePluginOptions } from './lib/options'
 import { clientsByName } from './lib/registry'
-import { installRequestContext } from './lib/request-context'
+import { checkPropagateHeaders, installRequestContext } from './lib/request-context'
 import type { PluginOptions } from './lib/types'
 
 async function resilientHttpPlugin (fastify: FastifyInstance, options: PluginOptions): Promise<void> {
@@ -12,6 +12,8 @@ async function resilientHttpPlugin (fastify: FastifyInstance, options: PluginOpt
     throw new InvalidOptionsError('plugin', 'fastify-resilient-http is already registered in this scope; register it once with every client in `clients`')
   }
   const settings = resolvePluginOptions(options)
+  // Before any pool exists: a refusal here must leave nothing to close.
+  checkPropagateHeaders(settings.requestIdHeader, settings.propagateHeaders)
   const clients: Record<string, HttpClient> = {}
   for (const clientOptions of settings.clients) {
     clients[clientOptions.name] = new HttpClient(clientOptions, fastify.log, {}, `clients.${clientOptions.name}`)
@@ -38,7 +40,7 @@ export const resilientHttp: FastifyPluginAsync<PluginOptions> = fp(resilientHttp
 export default resilientHttp
 export type { HttpClients } from './lib/registry'
 export { requestIdGenerator, isValidRequestId } from './lib/request-id'
-export { currentRequestId } from './lib/request-context'
+export { currentDeadline, currentRequestId } from './lib/request-context'
 export { createHttpClient, HttpClient } from './lib/http-client'
 export type { ClientStats, PoolStats } from './lib/http-client'
 export type { ReplicaStats } from './lib/replicas'

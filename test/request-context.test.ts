@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import { Agent, request as undiciRequest } from 'undici'
 import resilientHttp, { currentRequestId, requestIdGenerator } from '../plugin'
+import { currentInboundContext } from '../lib/request-context'
 import type { ClientOptions } from '../lib/types'
 import { createDeepService, DEEP_STEPS } from './helpers/deep-module'
 import './helpers/fastify-types'
@@ -325,3 +326,86 @@ for (const order of ['none', 'before', 'after'] as const) {
     t.same([...seen].sort(), [...ids, ...ids].sort(), 'the hook and the handler both see the id')
   })
 }
+
+// A handler that runs app.inject() for another request (a BFF composing its
+// own routes) must keep its own id: the inner request gets a store of its own.
+for (const order of ['none', 'before', 'after'] as const) {
+  test(`app.inject() inside a handler leaves the outer request's id in place (request-context: ${order})`, async (t) => {
+    const upstream = await startScriptedUpstream(t)
+    const app = Fastify({ genReqId: requestIdGenerator() })
+    t.teardown(() => app.close())
+    if (order === 'before') await app.register(fastifyRequestContext)
+    await app.register(resilientHttp, { clients: { up: { baseUrl: upstream.url } } })
+    if (order === 'after') await app.register(fastifyRequestContext)
+    app.get('/inner', async (request) => {
+      await (await app.httpClients.up.get('/inner', { query: { marker: request.id } })).text()
+      return { id: currentRequestId() }
+    })
+    app.get('/outer', async (request) => {
+      const inner = await app.inject({ url: '/inner', headers: { 'x-request-id': `${request.id}-inner` } })
+      await (await app.httpClients.up.get('/outer', { query: { marker: request.id } })).text()
+      return { inner: inner.json(), current: currentRequestId(), imported: requestContext.get('requestId') ?? null }
+    })
+    const { base, agent } = await listen(t, app)
+
+    const res = await undiciRequest(`${base}/outer`, { dispatcher: agent, headers: { 'x-request-id': 'OUTER' } })
+    t.equal(res.statusCode, 200)
+    t.same(await res.body.json(), {
+      inner: { id: 'OUTER-inner' },
+      current: 'OUTER',
+      imported: 'OUTER'
+    }, 'after the inner request, the handler still reads its own id')
+    const hits = upstream.hits.map((hit) => [hit.url.split('?')[0], hit.headers['x-request-id']])
+    t.same(hits, [['/inner', 'OUTER-inner'], ['/outer', 'OUTER']], 'each call carries its own request\'s id')
+  })
+}
+
+test('propagateHeaders naming the request id header, in any case, fails registration', async (t) => {
+  const cases = [
+    { options: { propagateHeaders: ['traceparent', 'X-Request-ID'] }, option: 'propagateHeaders.1' },
+    { options: { propagateHeaders: ['x-request-id'] }, option: 'propagateHeaders.0' },
+    { options: { requestIdHeader: 'X-Correlation-ID', propagateHeaders: ['baggage', 'tracestate', 'x-correlation-id'] }, option: 'propagateHeaders.2' }
+  ]
+  for (const { options, option } of cases) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await t.rejects(async () => { await app.register(resilientHttp, { ...options, clients: { up: { baseUrl: 'http://127.0.0.1:1' } } }) },
+      { name: 'InvalidOptionsError', code: 'FRH_INVALID_OPTIONS', option, message: /request id header/ }, option)
+  }
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { requestIdHeader: 'x-correlation-id', propagateHeaders: ['x-request-id'], clients: { up: { baseUrl: 'http://127.0.0.1:1' } } })
+  t.pass('another header named x-request-id is fine when it is not the id header')
+})
+
+test('the inbound context carries the request\'s own logger, which the app may swap later', async (t) => {
+  const lines: Array<Record<string, unknown>> = []
+  const app = Fastify({ genReqId: requestIdGenerator(), logger: { level: 'info', stream: { write (line: string) { lines.push(JSON.parse(line) as Record<string, unknown>) } } } })
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { up: { baseUrl: 'http://127.0.0.1:1' } } })
+  app.addHook('preHandler', async (request) => { request.log = request.log.child({ tenant: 'acme' }) })
+  app.get('/log', async () => {
+    const context = currentInboundContext()
+    context?.log.info({ marker: 'through-context' }, 'from the context')
+    return { id: context?.requestId ?? null }
+  })
+  const reply = await app.inject({ url: '/log', headers: { 'x-request-id': 'rid-log' } })
+  t.same(reply.json(), { id: 'rid-log' })
+  t.match(lines.filter((line) => line.marker === 'through-context'), [{ reqId: 'rid-log', tenant: 'acme', msg: 'from the context' }])
+  t.equal(currentInboundContext(), undefined, 'no context outside a request')
+})
+
+test('@fastify/request-context told to open its store in preValidation still gives the handler the id', async (t) => {
+  const upstream = await startScriptedUpstream(t)
+  const app = Fastify({ genReqId: requestIdGenerator() })
+  t.teardown(() => app.close())
+  await app.register(fastifyRequestContext, { hook: 'preValidation' })
+  await app.register(resilientHttp, { clients: { up: { baseUrl: upstream.url } } })
+  app.get('/late', async (request) => {
+    await (await app.httpClients.up.get('/late', { query: { marker: request.id } })).text()
+    return { current: currentRequestId() ?? null, imported: requestContext.get('requestId') ?? null }
+  })
+  const reply = await app.inject({ url: '/late', headers: { 'x-request-id': 'rid-late' } })
+  t.same(reply.json(), { current: 'rid-late', imported: 'rid-late' })
+  t.equal(upstream.hits[0]?.headers['x-request-id'], 'rid-late')
+})

@@ -327,3 +327,64 @@ test('outside any request no id and no propagated header is sent', async (t) => 
   t.equal(hit.headers['x-request-id'], undefined)
   t.equal(hit.headers.traceparent, undefined)
 })
+
+test('Fastify\'s requestIdHeader: a 12 KB inbound id never reaches the log lines written after the plugin replaced it', async (t) => {
+  const s = await setup(t, { requestIdHeader: 'x-request-id' })
+  const huge = visibleId(128).repeat(96)
+  t.equal(huge.length, 12_288)
+  const reply = await s.send('/call?marker=huge', { 'x-request-id': huge })
+  const id = reply.headers['x-request-id'] as string
+  t.match(id, UUID_V4)
+  t.equal(s.hitsFor('huge')[0].headers['x-request-id'], id)
+  // Fastify writes its `incoming request` line before any hook runs: only genReqId avoids that one.
+  const after = s.rawLogs.filter((line) => !line.includes('"incoming request"'))
+  const handler = after.filter((line) => line.includes('"handler"'))
+  t.equal(handler.length, 1)
+  t.same(after.filter((line) => line.includes(huge.slice(0, 200))), [], 'no later line carries the refused id')
+  for (const msg of ['handler', 'request completed']) {
+    const line = after.find((raw) => raw.includes(`"${msg}"`)) ?? ''
+    t.equal(line.split('"reqId"').length - 1, 1, `${msg}: one reqId key`)
+    t.equal((JSON.parse(line) as LogLine).reqId, id, `${msg}: logged with the new id`)
+  }
+})
+
+test('a route\'s own log level still applies to the logger bound to a replaced id', async (t) => {
+  const logs: LogLine[] = []
+  const app = Fastify({ requestIdHeader: 'x-request-id', logger: { level: 'info', stream: { write (line: string) { logs.push(JSON.parse(line) as LogLine) } } } })
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { up: { baseUrl: 'http://127.0.0.1:1' } } })
+  app.get('/quiet', { logLevel: 'warn' }, async (request) => {
+    request.log.info('not written')
+    request.log.warn({ marker: 'quiet' }, 'written')
+    return { id: request.id }
+  })
+  const reply = await app.inject({ url: '/quiet', headers: { 'x-request-id': 'bad id' } })
+  const { id } = reply.json<{ id: string }>()
+  t.match(id, UUID_V4)
+  t.same(logs.filter((line) => line.msg === 'not written'), [])
+  t.match(logs.filter((line) => line.msg === 'written'), [{ reqId: id, marker: 'quiet' }])
+})
+
+async function startupWarnings (t: Test, fastifyOptions: FastifyServerOptions, configure: (app: FastifyInstance) => void = () => {}): Promise<LogLine[]> {
+  const lines: LogLine[] = []
+  const app = Fastify({ ...fastifyOptions, logger: { level: 'info', stream: { write (line: string) { lines.push(JSON.parse(line) as LogLine) } } } })
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { up: { baseUrl: 'http://127.0.0.1:1' }, down: { baseUrl: 'http://127.0.0.1:2' } } })
+  configure(app)
+  app.get('/', async () => 'ok')
+  await app.ready()
+  await app.inject({ url: '/' })
+  return lines.filter((line) => line.level === 40)
+}
+
+test('the app is warned once when its request ids are Fastify\'s counters', async (t) => {
+  const counted = await startupWarnings(t, {})
+  t.equal(counted.length, 1, 'one warning')
+  t.match(counted[0].msg, /req-1.*requestIdGenerator\(\)/)
+
+  t.same(await startupWarnings(t, { genReqId: requestIdGenerator() }), [], 'requestIdGenerator(): no warning')
+  t.same(await startupWarnings(t, { genReqId: requestIdGenerator('x-correlation-id') }), [], 'for any header')
+  t.same(await startupWarnings(t, { requestIdHeader: 'x-request-id' }), [], 'Fastify\'s requestIdHeader: no warning')
+  t.same(await startupWarnings(t, {}, (app) => { app.setGenReqId(requestIdGenerator()) }), [], 'set after the plugin, before start: no warning')
+  t.equal((await startupWarnings(t, { genReqId: () => 'mine' })).length, 1, 'an id generator of the app\'s own is warned about')
+})
