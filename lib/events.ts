@@ -72,3 +72,11 @@ export class ClientEvents {
     if (circuitChannel.hasSubscribers) circuitChannel.publish(event)
   }
 }
+
+/**
+ * The 1-based number of the attempt being dispatched, set synchronously
+ * around every `dispatcher.dispatch()` (0 otherwise): undici publishes
+ * `undici:request:create` inside that call, so an instrumentation hook
+ * running there can tell a first attempt from a resend.
+ */
+export const dispatching = { attempt: 0 }
