@@ -7,7 +7,7 @@ import {
   CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError,
   ResponseTooLargeError, TimeoutError, type TimeoutKind, UpstreamError
 } from './errors'
-import type { ClientEvents, RetrySkipReason } from './events'
+import { type ClientEvents, dispatching, type RetrySkipReason } from './events'
 import type { ResolvedRetry } from './options'
 import { bodyError, HttpResponse, readBody, type ResponseBody } from './response'
 import type { RetryBudget } from './retry-budget'
@@ -252,7 +252,12 @@ export class Call implements DeadlineEntry {
     this.reason = undefined
     this.abortedBy = Abort.None
     this.startDeadline(now)
-    this.client.dispatcher.request(this.request as unknown as Dispatcher.RequestOptions, onUndiciResult as never)
+    dispatching.attempt = this.attempts
+    try {
+      this.client.dispatcher.request(this.request as unknown as Dispatcher.RequestOptions, onUndiciResult as never)
+    } finally {
+      dispatching.attempt = 0
+    }
   }
 
   /** undici's answer to the current attempt. */

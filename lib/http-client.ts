@@ -12,6 +12,7 @@ import { DEFAULT_RETRY, type ResolvedClientOptions, type ResolvedRetry, resolveC
 import { currentOutboundContext } from './request-context'
 import type { HttpResponse } from './response'
 import { RetryBudget } from './retry-budget'
+import { installTelemetry } from './telemetry'
 import type { CallOptions, CreateHttpClientOptions, RequestOptions } from './types'
 import { queryString, unsafePathReason } from './url'
 import { checkDuration, describe, type Fail, hasForbiddenHeaderChars, isHeaderName } from './validate'
@@ -94,6 +95,7 @@ export class HttpClient implements ClientCore {
 
   /** @internal Use `createHttpClient()` or the plugin. */
   constructor (options: ResolvedClientOptions, logger: Logger, internals: ClientInternals = {}, optionPath = '') {
+    installTelemetry()
     this.settings = options
     this.name = options.name
     this.clock = internals.clock ?? systemClock
