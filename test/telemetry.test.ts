@@ -169,6 +169,39 @@ test('a breaker opening is counted, and so is each call it refuses', async (t) =
   t.equal(added({ 'event.name': 'short_circuited', 'client.name': 'api' }), 1)
 })
 
+test('a hedge is its own CLIENT span; the cancelled loser is not an error', async (t) => {
+  const before = await otel.points(METER_NAME, EVENTS_COUNTER_NAME)
+  // The first attempt is held until the test ends: only the hedge can answer.
+  const held: Array<() => void> = []
+  const upstream = await startUpstream((_req, res, _hit, index) => {
+    if (index === 0) held.push(() => res.destroy())
+    else res.end('fast')
+  })
+  t.teardown(async () => {
+    for (const release of held) release()
+    await upstream.close()
+  })
+  const app = await tracedApp(t, upstream, { retry: false, circuitBreaker: false, hedge: { delayMs: 20, maxHedges: 1 } } as ClientOptions)
+  app.get('/hedged', async (request) => {
+    const res = await request.server.httpClients.api.get('/hedged')
+    return { statusCode: res.statusCode, attempts: res.attempts, body: await res.text() }
+  })
+  otel.spans.reset()
+
+  const reply = await app.inject({ url: '/hedged' })
+  t.same(reply.json(), { statusCode: 200, attempts: 2, body: 'fast' })
+
+  const spans = await spansWhen((all) => clientSpansTo(all, upstream).length >= 2)
+  const [first, hedge] = clientSpansTo(spans, upstream)
+  t.equal(hedge?.attributes['http.request.resend_count'], 1, 'the hedge is a resend')
+  t.equal(hedge?.attributes['http.response.status_code'], 200)
+  t.equal(first?.attributes['http.request.resend_count'], undefined)
+  t.equal(first?.status.code, 0, 'the cancelled first attempt has no error status')
+  t.equal(first?.attributes['error.type'], undefined, 'and no error.type')
+  const after = await otel.points(METER_NAME, EVENTS_COUNTER_NAME)
+  t.equal(countOf(after, { 'event.name': 'hedge', 'client.name': 'api' }) - countOf(before, { 'event.name': 'hedge', 'client.name': 'api' }), 1)
+})
+
 test('an attempt that waits for a connection in the pool keeps its own request\'s trace', async (t) => {
   const { upstream } = await scriptedUpstream(t, [], 50)
   const app = await tracedApp(t, upstream, { retry: false, circuitBreaker: false, pool: { connections: 1, pipelining: 1 } })
