@@ -10,7 +10,7 @@ export const rootScope = new AsyncResource('fastify-resilient-http')
 /** The slice of `@opentelemetry/api`'s `context` the core uses. */
 export interface OtelContextApi {
   active(): unknown
-  with<A extends unknown[], F extends (...args: A) => unknown>(context: unknown, fn: F, thisArg?: ThisParameterType<F>, ...args: A): ReturnType<F>
+  with(context: never, fn: () => void): unknown
 }
 
 let otel: OtelContextApi | null = null
@@ -28,5 +28,5 @@ export function captureOtelContext (): unknown {
 /** Runs `fn` with the captured OpenTelemetry context active, so spans of later attempts have the caller's parent. */
 export function runInOtelContext (context: unknown, fn: () => void): void {
   if (otel === null || context === undefined) fn()
-  else otel.with(context, fn)
+  else otel.with(context as never, fn)
 }

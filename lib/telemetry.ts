@@ -1,2 +1,149 @@
-/** Replaced by the OpenTelemetry layer. */
-export function installTelemetry (): void {}
+import diagnosticsChannel from 'node:diagnostics_channel'
+import type * as OtelApi from '@opentelemetry/api'
+import { setOtelContextApi } from './async-context'
+import { dispatching } from './events'
+
+type Api = typeof OtelApi
+type Attributes = Record<string, string>
+
+/** The meter the resilience counter lives on. */
+export const METER_NAME = 'fastify-resilient-http'
+/** One increment per resilience event, with `event.name`, `client.name` and, where there is one, `reason`. */
+export const EVENTS_COUNTER_NAME = 'http.client.resilience.events'
+
+// The channel names of lib/events.ts, spelled out: this module only listens,
+// and a channel nobody publishes on yet costs nothing.
+const CHANNEL_PREFIX = 'fastify-resilient-http:'
+
+interface Payload {
+  client?: unknown
+  reason?: unknown
+  skipped?: unknown
+  to?: unknown
+  cause?: unknown
+  ejected?: unknown
+}
+
+const CIRCUIT_EVENTS: Readonly<Record<string, string>> = {
+  open: 'circuit_opened',
+  'half-open': 'circuit_half_opened',
+  closed: 'circuit_closed'
+}
+
+/** What each channel's payload counts as: the event name and its reason, if any. */
+const EVENTS: ReadonlyArray<[channel: string, describe: (event: Payload) => [name: string, reason: unknown] | null]> = [
+  ['retry', (event) => ['retry', event.reason]],
+  ['retry-skipped', (event) => ['retry_skipped', event.skipped]],
+  ['hedge', () => ['hedge', undefined]],
+  ['circuit', (event) => {
+    const name = CIRCUIT_EVENTS[String(event.to)]
+    return name === undefined ? null : [name, event.cause]
+  }],
+  ['short-circuited', () => ['short_circuited', undefined]],
+  ['overloaded', () => ['overloaded', undefined]],
+  ['deadline-exceeded', () => ['deadline_exceeded', undefined]],
+  ['replica', (event) => [event.ejected === true ? 'replica_ejected' : 'replica_returned', undefined]]
+]
+
+let loaded = false
+let otel: Api | null = null
+let installed = false
+
+/** `@opentelemetry/api` when the app has it installed, else `null`; looked for once. */
+function otelApi (): Api | null {
+  if (loaded) return otel
+  loaded = true
+  try {
+    // An optional peer dependency: when it is absent, nothing is loaded.
+    require.resolve('@opentelemetry/api')
+    otel = require('@opentelemetry/api') as Api
+  } catch {
+    otel = null
+  }
+  return otel
+}
+
+/**
+ * The counter on the current global meter provider. The metrics API has no
+ * proxy: a meter got before the app registers its provider stays a no-op
+ * forever. So the counter is made again whenever the provider changes;
+ * events are rare, one lookup each is nothing.
+ */
+class EventCounter {
+  private provider: OtelApi.MeterProvider | null = null
+  private counter: OtelApi.Counter<Attributes> | null = null
+
+  constructor (private readonly api: Api) {}
+
+  add (attributes: Attributes): void {
+    const provider = this.api.metrics.getMeterProvider()
+    if (provider !== this.provider || this.counter === null) {
+      this.provider = provider
+      this.counter = provider.getMeter(METER_NAME).createCounter(EVENTS_COUNTER_NAME, {
+        description: 'Resilience events of outbound HTTP calls: retries, hedges, circuit breaker transitions, refusals',
+        unit: '{event}'
+      })
+    }
+    this.counter.add(1, attributes)
+  }
+}
+
+function subscribe (counter: EventCounter): void {
+  for (const [channel, describe] of EVENTS) {
+    diagnosticsChannel.subscribe(CHANNEL_PREFIX + channel, (message) => {
+      const event = message as Payload
+      const described = describe(event)
+      if (described === null) return
+      const [name, reason] = described
+      const attributes: Attributes = { 'event.name': name, 'client.name': String(event.client) }
+      if (typeof reason === 'string') attributes.reason = reason
+      counter.add(attributes)
+    })
+  }
+}
+
+/**
+ * Connects the package to OpenTelemetry when `@opentelemetry/api` is
+ * installed: the core keeps each call's trace context across its attempts,
+ * and every resilience event is counted on `http.client.resilience.events`.
+ * Idempotent; without the API it loads nothing and does nothing.
+ */
+export function installTelemetry (): void {
+  if (installed) return
+  installed = true
+  const api = otelApi()
+  if (api === null) return
+  setOtelContextApi(api.context)
+  subscribe(new EventCounter(api))
+}
+
+/**
+ * The header names the active OpenTelemetry propagator injects, lower-cased
+ * (`traceparent`, `tracestate`, `baggage`, ...); `[]` without the API or
+ * without a propagator. The instrumentation appends these to every outbound
+ * request, so copying them from the inbound request too would send two.
+ */
+export function propagatorFields (): readonly string[] {
+  const api = otelApi()
+  if (api === null) return []
+  return api.propagation.fields().map((field) => field.toLowerCase())
+}
+
+const FIRST_ATTEMPT: Readonly<Record<string, number>> = Object.freeze({})
+
+/**
+ * A `startSpanHook` for `@opentelemetry/instrumentation-undici`: gives the
+ * CLIENT span of every retry and hedge `http.request.resend_count` (1 for the
+ * second attempt, 2 for the third, ...), as the HTTP semantic conventions ask.
+ *
+ * ```ts
+ * new UndiciInstrumentation({ startSpanHook: resendCountSpanHook })
+ * ```
+ *
+ * The instrumentation starts the span inside the client's `dispatch()`, where
+ * the attempt's number is known; any other undici request gets no attribute.
+ */
+export function resendCountSpanHook (): Readonly<Record<string, number>> {
+  const attempt = dispatching.attempt
+  return attempt > 1 ? { 'http.request.resend_count': attempt - 1 } : FIRST_ATTEMPT
+}
