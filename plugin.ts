@@ -67,7 +67,7 @@ export type { Logger } from './lib/logger'
 // Named, not `export *`: the trailing `module.exports =` below hides star re-exports
 // from Node's CommonJS named-export detection, so ESM `import { TimeoutError }` would fail.
 export {
-  HttpClientError, CircuitOpenError, TimeoutError, UpstreamError, HttpStatusError,
+  HttpClientError, CircuitOpenError, OverloadedError, TimeoutError, UpstreamError, HttpStatusError,
   InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError
 } from './lib/errors'
 export type { CallDetails, TimeoutKind } from './lib/errors'

@@ -13,7 +13,7 @@ import { currentOutboundContext } from './request-context'
 import type { HttpResponse } from './response'
 import { RetryBudget } from './retry-budget'
 import type { CallOptions, CreateHttpClientOptions, RequestOptions } from './types'
-import { queryString, unsafePathReason } from './url'
+import { PathRefusal, queryString, sendablePath } from './url'
 import { checkDuration, describe, type Fail, hasForbiddenHeaderChars, isHeaderName } from './validate'
 
 /** The undici pool's own counters. */
@@ -201,17 +201,22 @@ export class HttpClient implements ClientCore {
 
   private send (method: string, path: string, options: CallOptions | undefined): Promise<HttpResponse> {
     if (this.closed) return Promise.reject(new ClientClosedError({ clientName: this.name, method, path }))
-    const unsafe = unsafePathReason(path)
-    if (unsafe !== null) return Promise.reject(new InvalidRequestError({ clientName: this.name, method, path: String(path) }, unsafe))
+    let sendable: string
+    try {
+      sendable = sendablePath(path)
+    } catch (error) {
+      if (!(error instanceof PathRefusal)) throw error
+      return Promise.reject(new InvalidRequestError({ clientName: this.name, method, path: String(path) }, error.message))
+    }
     const now = this.clock.now()
     if (options === undefined) {
       const o = this.settings
-      return new Call(this, method, path, o.basePath + path, this.withContextHeaders(o.defaultHeaders), undefined, o.origin,
+      return new Call(this, method, path, o.basePath + sendable, this.withContextHeaders(o.defaultHeaders), undefined, o.origins[0],
         o.retry, o.timeout, o.totalTimeout, this.firstQueue, true, false, undefined, now).start(now)
     }
     let call: Call
     try {
-      call = this.buildCall(method, path, options, now)
+      call = this.buildCall(method, path, sendable, options, now)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -225,14 +230,14 @@ export class HttpClient implements ClientCore {
     return mergeHeaderLists(list, this.settings.propagateRequestId ? context.withRequestId : context.propagatedOnly)
   }
 
-  private buildCall (method: string, path: string, options: CallOptions, now: number): Call {
+  private buildCall (method: string, path: string, sendable: string, options: CallOptions, now: number): Call {
     const o = this.settings
     const fail: Fail = (option, reason) => {
       throw new InvalidRequestError({ clientName: this.name, method, path }, `${option} ${reason}`)
     }
     if (typeof options !== 'object' || options === null) fail('options', `must be an object, got ${describe(options)}`)
 
-    let fullPath = o.basePath + path
+    let fullPath = o.basePath + sendable
     if (options.query !== undefined) {
       if (typeof options.query !== 'object' || options.query === null) fail('query', `must be an object, got ${describe(options.query)}`)
       const query = queryString(options.query)
@@ -284,7 +289,7 @@ export class HttpClient implements ClientCore {
     if (options.retry !== undefined) retry = resolveRetry(options.retry, o.retry === false ? DEFAULT_RETRY : o.retry, 'retry', fail)
     const firstQueue = timeout === o.timeout && totalTimeout === o.totalTimeout ? this.firstQueue : this.queueFor(Math.min(timeout, totalTimeout))
 
-    return new Call(this, method, path, fullPath, this.withContextHeaders(headers), body, o.origin,
+    return new Call(this, method, path, fullPath, this.withContextHeaders(headers), body, o.origins[0],
       retry, timeout, totalTimeout, firstQueue, replayable, hasIdempotencyKey, signal, now)
   }
 
@@ -317,10 +322,11 @@ function createPool (options: ResolvedClientOptions, optionPath: string): Pool {
   if (options.maxResponseBytes !== undefined) poolOptions.maxResponseSize = options.maxResponseBytes
   let pool: Pool
   try {
-    pool = new Pool(options.origin, poolOptions)
+    // This core sends to the first replica only.
+    pool = new Pool(options.origins[0], poolOptions)
     // The pool makes its clients lazily: one made now (no socket) has undici check the
     // options only its Client reads, so they fail here rather than on every call.
-    if (poolOptions.factory === undefined) new Client(options.origin, poolOptions).destroy(() => {})
+    if (poolOptions.factory === undefined) new Client(options.origins[0], poolOptions).destroy(() => {})
   } catch (error) {
     throw new InvalidOptionsError(optionPath === '' ? 'pool' : `${optionPath}.pool`, (error as Error).message, options.name)
   }

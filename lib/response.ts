@@ -117,7 +117,7 @@ export class HttpResponse {
   raiseForStatus (): this {
     if (this.ok) return this
     const quoted = this.buffered === undefined ? '' : this.buffered.subarray(0, QUOTED_BODY_BYTES).toString('utf8')
-    throw new HttpStatusError({ clientName: this.source.clientName, method: this.source.method, path: this.source.path, attempts: this.attempts }, this.statusCode, quoted)
+    throw new HttpStatusError({ clientName: this.source.clientName, method: this.source.method, path: this.source.path, attempts: this.attempts }, this.statusCode, quoted, this)
   }
 
   private async bytes (): Promise<Buffer> {
