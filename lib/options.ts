@@ -259,10 +259,15 @@ function resolveOutlier (value: unknown, replicas: number, path: string, fail: F
 }
 
 function resolvePool (value: unknown, path: string, fail: Fail): Pool.Options {
-  if (value === undefined) return { connections: DEFAULT_CONNECTIONS }
+  const pool: Record<string, unknown> = { connections: DEFAULT_CONNECTIONS }
+  if (value === undefined) return pool
   const given = checkObject(value, path, fail)
   checkKeys(given, POOL_KEYS, path, fail)
-  return { connections: DEFAULT_CONNECTIONS, ...given }
+  // An `undefined` key keeps the default: `connections: undefined` must not mean unlimited.
+  for (const key of Object.keys(given)) {
+    if (given[key] !== undefined) pool[key] = given[key]
+  }
+  return pool
 }
 
 function resolveTimeouts (given: ClientOptions, path: string, fail: Fail): { timeout: number, totalTimeout: number } {

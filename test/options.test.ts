@@ -543,3 +543,10 @@ test('resolveHedge merges a per-call override over the client\'s hedging', async
   t.throws(() => resolveHedge({ delay: 5 }, base, 'hedge', fail), /hedge\.delay unknown option/)
   t.throws(() => resolveHedge(true, base, 'hedge', fail), /hedge must be an object/)
 })
+
+test('pool: an undefined key keeps the default, null is undici\'s own choice', async (t) => {
+  const resolve = (pool: unknown) => resolvePluginOptions({ clients: { a: { baseUrl: BASE, pool } } }).clients[0].pool
+  t.same(resolve({ connections: undefined }), { connections: 128 })
+  t.same(resolve({ connections: null }), { connections: null })
+  t.same(resolve({ connections: 4 }), { connections: 4 })
+})
