@@ -290,8 +290,8 @@ function isDispatcher (value: unknown): value is Dispatcher {
  * in every default. `path` prefixes option names in errors, e.g.
  * `clients.payments`.
  */
-export function resolveClientOptions (name: string, options: unknown, path: string): ResolvedClientOptions {
-  const fail: Fail = (option, reason) => { throw new InvalidOptionsError(option, reason, name) }
+export function resolveClientOptions (name: string, options: unknown, path: string, errorsName: string | null = name): ResolvedClientOptions {
+  const fail: Fail = (option, reason) => { throw new InvalidOptionsError(option, reason, errorsName ?? undefined) }
   const given = checkObject(options, path, fail) as ClientOptions
   checkKeys(given, CLIENT_KEYS, path, fail)
   const { origins, basePath } = parseBaseUrl(given.baseUrl, join(path, 'baseUrl'), fail)
@@ -428,12 +428,8 @@ function checkDefaults (defaults: Record<string, unknown>): void {
   const { outlierDetection, ...rest } = defaults
   const probe: Record<string, unknown> = { baseUrl: 'http://127.0.0.1', ...rest }
   if (probe.timeout !== undefined && probe.totalTimeout === undefined) probe.totalTimeout = MAX_TIMER_MS
+  // No client to name: a bad default is the plugin's option.
+  resolveClientOptions('defaults', probe, 'defaults', null)
   const fail: Fail = (option, reason) => { throw new InvalidOptionsError(option, reason) }
-  try {
-    resolveClientOptions('defaults', probe, 'defaults')
-  } catch (error) {
-    if (error instanceof InvalidOptionsError) throw new InvalidOptionsError(error.option, error.message.replace(/^Invalid option \S+ of client "defaults": /, ''))
-    throw error
-  }
   if (outlierDetection !== undefined) resolveOutlier(outlierDetection, 2, 'defaults.outlierDetection', fail)
 }

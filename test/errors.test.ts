@@ -63,6 +63,8 @@ test('messages say what happened', async (t) => {
   t.equal(deadline.kind, 'deadline')
   t.match(deadline.message, /deadline of the inbound request/)
   t.match(new UpstreamError({ ...details, cause: new Error('socket hang up') }).message, /failed after 2 attempt\(s\): socket hang up/)
+  t.match(new UpstreamError({ ...details, cause: 'ECONNRESET' }).message, /: ECONNRESET$/)
+  t.equal(new ClientClosedError({ clientName: 'payments' }).message, 'payments refused: client is closed')
 })
 
 test('instanceof holds across two copies of the package', async (t) => {

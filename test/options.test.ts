@@ -221,6 +221,13 @@ test('every invalid option fails registration with InvalidOptionsError naming it
   }
 })
 
+test('a bad default names the option, not a client', async (t) => {
+  const error = await registrationError(t, { clients: { payments: { baseUrl: BASE } }, defaults: { hedge: { maxHedges: 9 } } }) as InvalidOptionsError
+  t.equal(error.option, 'defaults.hedge.maxHedges')
+  t.equal(error.clientName, undefined)
+  t.equal(error.message, 'Invalid option defaults.hedge.maxHedges: must be between 1 and 3, got 9')
+})
+
 test('a registration that failed decorates nothing and sends nothing', async (t) => {
   const upstream = await startUpstream((_req, res) => sendJson(res, 200, {}))
   t.teardown(() => upstream.close())

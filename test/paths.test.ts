@@ -67,6 +67,11 @@ test('paths that could leave the origin or the base path are refused, with the r
   }
 })
 
+test('a refusal is its own error type', async (t) => {
+  t.equal(refusal('//x').name, 'PathRefusal')
+  t.ok(refusal('//x') instanceof Error)
+})
+
 test('a long refused path is quoted shortened', async (t) => {
   const error = refusal(`/${'a'.repeat(500)}\n`)
   t.ok(error.message.length < 300, error.message.length.toString())
