@@ -1,7 +1,10 @@
 /**
- * Every error the client raises. Each has a stable `code` (`FRH_*`) and names
- * the client; call errors also name the method and path.
+ * Every error the client raises. Each has a stable `code` (`FRH_*`), the
+ * status a gateway should answer with when it escapes a route handler
+ * (`statusCode`), and names the client; call errors also name the method
+ * and path. No message ever quotes an upstream body.
  */
+import type { HttpResponse } from './response'
 
 /** Where a failing call came from. */
 export interface CallDetails {
@@ -18,6 +21,12 @@ const kBrand = Symbol.for('fastify-resilient-http.error')
 export class HttpClientError extends Error {
   /** Stable machine-readable code, `FRH_*`. */
   readonly code: string
+  /**
+   * The status to answer with when this error escapes a route handler
+   * (Fastify's error handler reads it): 502, 503 or 504 of our own, or 500,
+   * never an upstream's status.
+   */
+  readonly statusCode: number
   /** The client that raised the error (absent for plugin-level option errors). */
   readonly clientName: string | undefined
   readonly method: string | undefined
@@ -25,9 +34,10 @@ export class HttpClientError extends Error {
   /** Attempts made before the error, where the error ends a call. */
   readonly attempts: number | undefined
 
-  constructor (code: string, message: string, details: CallDetails) {
+  constructor (code: string, message: string, details: CallDetails, statusCode = 500) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause })
     this.code = code
+    this.statusCode = statusCode
     this.clientName = details.clientName
     this.method = details.method
     this.path = details.path
@@ -53,29 +63,48 @@ function describeCall (details: CallDetails): string {
   return details.method === undefined ? `${details.clientName}` : `${details.clientName}: ${details.method} ${details.path}`
 }
 
-/** The circuit is open: nothing was sent. */
+/** The circuit is open, or half-open with its probes taken: nothing was sent. */
 export class CircuitOpenError extends HttpClientError {
-  /** Milliseconds until the circuit half-opens (0 when half-open and its probes are busy). */
+  /** Milliseconds until the circuit half-opens (0 when half-open and its probes are taken). */
   readonly remainingMs: number
 
   constructor (details: CallDetails, remainingMs: number) {
-    super('FRH_CIRCUIT_OPEN', `${describeCall(details)} refused: circuit open, half-opens in ${remainingMs} ms`, details)
+    const state = remainingMs > 0
+      ? `circuit open, half-opens in ${remainingMs} ms`
+      : 'circuit half-open and its probes are taken'
+    super('FRH_CIRCUIT_OPEN', `${describeCall(details)} refused: ${state}`, details, 503)
     this.remainingMs = remainingMs
   }
 }
 
-/** Which timeout fired. */
+/** Over `maxInFlight` or the adaptive concurrency limit: nothing was sent. */
+export class OverloadedError extends HttpClientError {
+  /** The limit on calls in flight that was reached. */
+  readonly limit: number
+
+  constructor (details: CallDetails, limit: number) {
+    super('FRH_OVERLOADED', `${describeCall(details)} refused: ${limit} calls already in flight`, details, 503)
+    this.limit = limit
+  }
+}
+
+/** Which timeout fired: one attempt's, the call's, or the inbound request's deadline. */
 export type TimeoutKind = 'attempt' | 'total' | 'deadline'
 
-/** An attempt (`timeout`) or the whole call (`totalTimeout`) took too long. */
+const TIMEOUT_NAMES: Record<TimeoutKind, string> = {
+  attempt: 'attempt timeout',
+  total: 'total timeout',
+  deadline: 'deadline of the inbound request'
+}
+
+/** An attempt (`timeout`), the whole call (`totalTimeout`) or the inbound request's deadline ran out. */
 export class TimeoutError extends HttpClientError {
   readonly kind: TimeoutKind
-  /** The timeout that fired, in milliseconds. */
+  /** The timeout that fired, in milliseconds (for `'deadline'`, the time the call was given). */
   readonly timeoutMs: number
 
   constructor (details: CallDetails, kind: TimeoutKind, timeoutMs: number) {
-    const which = kind === 'attempt' ? 'attempt timeout' : 'total timeout'
-    super('FRH_TIMEOUT', `${describeCall(details)} timed out: ${which} of ${timeoutMs} ms (attempt ${details.attempts})`, details)
+    super('FRH_TIMEOUT', `${describeCall(details)} timed out: ${TIMEOUT_NAMES[kind]} of ${timeoutMs} ms (attempt ${details.attempts})`, details, 504)
     this.kind = kind
     this.timeoutMs = timeoutMs
   }
@@ -85,28 +114,34 @@ export class TimeoutError extends HttpClientError {
 export class UpstreamError extends HttpClientError {
   constructor (details: CallDetails) {
     const reason = details.cause instanceof Error ? details.cause.message : String(details.cause)
-    super('FRH_UPSTREAM', `${describeCall(details)} failed after ${details.attempts} attempt(s): ${reason}`, details)
+    super('FRH_UPSTREAM', `${describeCall(details)} failed after ${details.attempts} attempt(s): ${reason}`, details, 502)
   }
 }
 
-/** `raiseForStatus()` on a non-2xx response. */
+/**
+ * `raiseForStatus()` on a non-2xx response. Its own `statusCode` is 502: an
+ * upstream's 401 must not tell the app's callers that they are unauthorized.
+ */
 export class HttpStatusError extends HttpClientError {
-  readonly statusCode: number
-  /** The first KiB of the response body, as text. */
+  /** The status the upstream answered with. */
+  readonly upstreamStatusCode: number
+  /** The first KiB of the response body, as text. Never part of the message. */
   readonly body: string
+  /** The response itself (not enumerable, so loggers do not walk its stream). */
+  declare readonly response: HttpResponse | undefined
 
-  constructor (details: CallDetails, statusCode: number, body: string, readonly response?: unknown) {
-    const quoted = body.length === 0 ? '' : `: ${body.length > 200 ? body.slice(0, 200) + '…' : body}`
-    super('FRH_HTTP_STATUS', `${describeCall(details)} answered ${statusCode}${quoted}`, details)
-    this.statusCode = statusCode
+  constructor (details: CallDetails, upstreamStatusCode: number, body: string, response?: HttpResponse) {
+    super('FRH_HTTP_STATUS', `${describeCall(details)} answered ${upstreamStatusCode}`, details, 502)
+    this.upstreamStatusCode = upstreamStatusCode
     this.body = body
+    Object.defineProperty(this, 'response', { value: response, enumerable: false })
   }
 }
 
-/** A path, header or body that cannot be sent; nothing was sent. */
+/** A path, header, option or body that cannot be sent; nothing was sent. */
 export class InvalidRequestError extends HttpClientError {
   constructor (details: CallDetails, reason: string) {
-    super('FRH_INVALID_REQUEST', `${describeCall(details)} refused: ${reason}`, details)
+    super('FRH_INVALID_REQUEST', `${describeCall(details)} refused: ${reason}`, details, 500)
   }
 }
 
@@ -115,7 +150,7 @@ export class ResponseTooLargeError extends HttpClientError {
   readonly limit: number
 
   constructor (details: CallDetails, limit: number) {
-    super('FRH_RESPONSE_TOO_LARGE', `${describeCall(details)} response body exceeds maxResponseBytes (${limit})`, details)
+    super('FRH_RESPONSE_TOO_LARGE', `${describeCall(details)} response body exceeds maxResponseBytes (${limit})`, details, 502)
     this.limit = limit
   }
 }
@@ -123,7 +158,7 @@ export class ResponseTooLargeError extends HttpClientError {
 /** A call after `close()`, or a wait between retries cut by `close()`. */
 export class ClientClosedError extends HttpClientError {
   constructor (details: CallDetails) {
-    super('FRH_CLIENT_CLOSED', `${describeCall(details)} refused: client is closed`, details)
+    super('FRH_CLIENT_CLOSED', `${describeCall(details)} refused: client is closed`, details, 503)
   }
 }
 
@@ -132,17 +167,7 @@ export class InvalidOptionsError extends HttpClientError {
   readonly option: string
 
   constructor (option: string, reason: string, clientName?: string) {
-    super('FRH_INVALID_OPTIONS', `Invalid option ${option}${clientName === undefined ? '' : ` of client "${clientName}"`}: ${reason}`, { clientName })
+    super('FRH_INVALID_OPTIONS', `Invalid option ${option}${clientName === undefined ? '' : ` of client "${clientName}"`}: ${reason}`, { clientName }, 500)
     this.option = option
-  }
-}
-
-/** Over `maxInFlight` or the adaptive limit: nothing was sent. */
-export class OverloadedError extends HttpClientError {
-  readonly limit: number
-
-  constructor (details: CallDetails, limit: number) {
-    super('FRH_OVERLOADED', `${describeCall(details)} refused: ${limit} calls already under way`, details)
-    this.limit = limit
   }
 }

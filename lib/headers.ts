@@ -8,13 +8,20 @@ import { describe, type Fail, hasForbiddenHeaderChars, isHeaderName, isPlainObje
  */
 export type HeaderList = string[]
 
-/** Validates a header record and turns it into a list; `undefined` values are left out. */
-export function toHeaderList (headers: unknown, path: string, fail: Fail): HeaderList {
+/**
+ * Validates a header record and turns it into a list. A call's `undefined`
+ * values are left out; with `refuseUndefined` (default headers) one fails,
+ * since it is almost always an unset environment variable.
+ */
+export function toHeaderList (headers: unknown, path: string, fail: Fail, refuseUndefined = false): HeaderList {
   if (!isPlainObject(headers)) fail(path, `must be an object of header names to values, got ${describe(headers)}`)
   const list: HeaderList = []
   for (const name of Object.keys(headers)) {
     const value = (headers as Headers)[name]
-    if (value === undefined) continue
+    if (value === undefined) {
+      if (refuseUndefined) fail(`${path}.${name}`, 'is undefined (an unset environment variable?); leave the header out or give it a string')
+      continue
+    }
     if (!isHeaderName(name)) fail(`${path}.${name}`, 'is not a valid header name')
     const lower = name.toLowerCase()
     if (Array.isArray(value)) {

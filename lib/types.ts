@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream'
-import type { Dispatcher, Pool } from 'undici'
+import type { Pool } from 'undici'
 import type { Logger } from './logger'
 
 /** Jitter applied to exponential backoff waits. */
@@ -77,19 +77,112 @@ export interface CircuitBreakerOptions {
    * @default 1
    */
   halfOpenMaxProbes?: number
+  /**
+   * A 429 or 503 carrying a valid `Retry-After` opens the circuit until that
+   * moment (at most `10 × recoveryMs`), whatever the failure count.
+   * @default true
+   */
+  openOnRetryAfter?: boolean
 }
+
+export interface HedgeOptions {
+  /**
+   * Milliseconds without response headers before a hedge is sent; `'auto'`:
+   * the 95th percentile of this client's last 1,000 attempts, and no hedge
+   * until 100 attempts have been seen.
+   * @default 'auto'
+   */
+  delayMs?: number | 'auto'
+  /**
+   * Hedges per call, 1 to 3.
+   * @default 1
+   */
+  maxHedges?: number
+}
+
+export interface AdaptiveConcurrencyOptions {
+  /**
+   * The limit on calls in flight to start from.
+   * @default 20 (or `max` when that is smaller)
+   */
+  initial?: number
+  /**
+   * The lowest the limit goes.
+   * @default 1
+   */
+  min?: number
+  /**
+   * The highest the limit goes.
+   * @default maxInFlight, or 1000 when maxInFlight is false
+   */
+  max?: number
+}
+
+export interface OutlierDetectionOptions {
+  /**
+   * Failed attempts in a row that eject a replica.
+   * @default 5
+   */
+  consecutiveFailures?: number
+  /**
+   * Ejection time, multiplied by the number of times the replica was ejected (at most 300 s).
+   * @default 30000
+   */
+  baseEjectionMs?: number
+  /**
+   * Most replicas out at once, in percent (never all of them).
+   * @default 50
+   */
+  maxEjectedPercent?: number
+}
+
+export interface DeadlineOptions {
+  /**
+   * Header that carries the caller's remaining budget in ms, read inbound and forwarded outbound.
+   * @default 'x-request-timeout-ms'
+   */
+  header?: string
+  /**
+   * Send the ms left on every outbound attempt, in `header`.
+   * @default true
+   */
+  forward?: boolean
+}
+
+/**
+ * What a client sends through: any undici `Dispatcher` (undici 7 or 8: an
+ * `Agent`, `Pool`, `MockAgent`, ...). Only `dispatch()` is used, with
+ * undici's handler API.
+ */
+export interface DispatcherLike {
+  dispatch (options: any, handler: any): boolean
+}
+
+/** `http:` or `https:` origin with an optional base path. */
+export type BaseUrlValue = string | URL
 
 /** A header value as callers may give it; `undefined` leaves the header out. */
 export type HeaderValue = string | number | readonly string[] | undefined
 
 export type Headers = Record<string, HeaderValue>
 
+/**
+ * Default headers: like `Headers`, but an `undefined` value (an unset
+ * environment variable) fails registration instead of leaving the header out.
+ */
+export type DefaultHeaders = Record<string, HeaderValue>
+
 export interface ClientOptions {
-  /** `http:` or `https:` origin with an optional base path, e.g. `https://payments.internal/v1`. */
-  baseUrl?: string
   /**
-   * Milliseconds for one attempt: connect, headers and body.
-   * @default 10000
+   * `http:` or `https:` origin with an optional base path, e.g.
+   * `https://payments.internal/v1` (a string or a `URL`); or an array of them:
+   * replicas of one service, each with the same base path.
+   */
+  baseUrl?: BaseUrlValue | readonly BaseUrlValue[]
+  /**
+   * Milliseconds for one attempt: waiting for a connection, connecting, headers
+   * and body. Must not be larger than `totalTimeout`.
+   * @default 10000, or totalTimeout when that is smaller
    */
   timeout?: number
   /**
@@ -99,26 +192,63 @@ export interface ClientOptions {
   totalTimeout?: number
   /**
    * Sent on every call; a call's own headers win (names compared without case).
+   * Each value a string (or an array of strings); `undefined` fails registration.
    * @default {}
    */
-  defaultHeaders?: Headers
+  defaultHeaders?: DefaultHeaders
   /**
    * Forward the current inbound request's id.
    * @default true
    */
   propagateRequestId?: boolean
-  /** Retry settings, or `false` for none. */
+  /**
+   * Retry settings, or `false` for none.
+   * @default { maxAttempts: 3, backoffInitialMs: 200, backoffMaxMs: 10000, jitter: 'full', ... }
+   */
   retry?: RetryOptions | false
-  /** Circuit breaker settings, or `false` for none. */
+  /**
+   * Circuit breaker settings, or `false` for none.
+   * @default { failureThreshold: 5, recoveryMs: 30000, halfOpenMaxProbes: 1, openOnRetryAfter: true }
+   */
   circuitBreaker?: CircuitBreakerOptions | false
   /**
-   * undici `Pool` options; `connections` defaults to 128 rather than unlimited.
+   * undici `Pool` options; an unknown key is refused.
+   * @default { connections: 128 }
    */
   pool?: Pool.Options
-  /** Larger response bodies fail with `ResponseTooLargeError`. Unlimited when left out. */
+  /**
+   * Larger response bodies fail with `ResponseTooLargeError`.
+   * @default undefined (unlimited)
+   */
   maxResponseBytes?: number
-  /** An undici dispatcher to send through instead of an own `Pool` (e.g. a `MockAgent`). It is never closed by the client. */
-  dispatcher?: Dispatcher
+  /**
+   * An undici dispatcher (7 or 8) to send through instead of an own `Pool`,
+   * e.g. a `MockAgent`. It is never closed by the client.
+   * @default undefined (an own Pool per replica)
+   */
+  dispatcher?: DispatcherLike
+  /**
+   * A second attempt for a slow GET, HEAD or OPTIONS; `false` for none.
+   * @default false
+   */
+  hedge?: HedgeOptions | false
+  /**
+   * Calls under way at once; one more rejects at once with `OverloadedError`.
+   * `false` for no limit.
+   * @default 1000
+   */
+  maxInFlight?: number | false
+  /**
+   * An AIMD limit on calls in flight that follows the upstream's health;
+   * `true` for the defaults.
+   * @default false
+   */
+  adaptiveConcurrency?: boolean | AdaptiveConcurrencyOptions
+  /**
+   * Per-replica ejection; only with several `baseUrl`s, where it is on by default.
+   * @default { consecutiveFailures: 5, baseEjectionMs: 30000, maxEjectedPercent: 50 } with replicas
+   */
+  outlierDetection?: OutlierDetectionOptions | false
 }
 
 export interface PluginOptions {
@@ -141,11 +271,17 @@ export interface PluginOptions {
    * @default []
    */
   propagateHeaders?: readonly string[]
+  /**
+   * Read the caller's remaining time budget from a header and forward what
+   * is left on every outbound attempt; `true` for the defaults.
+   * @default false
+   */
+  deadline?: boolean | DeadlineOptions
 }
 
 /** Options of `createHttpClient()`. */
 export interface CreateHttpClientOptions extends ClientOptions {
-  baseUrl: string
+  baseUrl: BaseUrlValue | readonly BaseUrlValue[]
   /** Shown in errors, logs and diagnostics. */
   name: string
   /** A pino-compatible logger; silent when left out. */
@@ -167,25 +303,36 @@ export interface CallOptions {
   body?: RequestBody
   /** Aborting rejects the call with the signal's reason. */
   signal?: AbortSignal
-  /** Overrides the client's `timeout`. */
+  /**
+   * Overrides the client's `timeout`.
+   * @default the client's timeout
+   */
   timeout?: number
-  /** Overrides the client's `totalTimeout`. */
+  /**
+   * Overrides the client's `totalTimeout`.
+   * @default the client's totalTimeout
+   */
   totalTimeout?: number
-  /** Overrides part of the client's retry settings, or `false` for no retry. */
+  /**
+   * Overrides part of the client's retry settings, or `false` for no retry.
+   * @default the client's retry
+   */
   retry?: RetryOptions | false
-  /** Sent as `Idempotency-Key` on every attempt; `true` generates one. Makes POST/PATCH retryable. */
+  /**
+   * Sent as `Idempotency-Key` on every attempt; `true` generates one. Makes POST/PATCH retryable.
+   * @default undefined
+   */
   idempotencyKey?: string | true
-  /** Overrides part of the client's hedging, or `false` for none (GET, HEAD and OPTIONS only). */
-  hedge?: HedgeOptions | false
-  /** `false`: this call ignores the inbound request's deadline. */
+  /**
+   * Overrides part of the client's hedging, or `false` for none (GET, HEAD and OPTIONS only).
+   * @default the client's hedge
+   */
+  hedge?: Partial<HedgeOptions> | false
+  /**
+   * `false`: this call ignores the inbound request's deadline (work that outlives the request).
+   * @default undefined (the deadline applies)
+   */
   deadline?: false
-}
-
-export interface HedgeOptions {
-  /** ms without response headers before a hedge is sent; `'auto'`: the client's recent p95. @default 'auto' */
-  delayMs?: number | 'auto'
-  /** Hedges per call, 1 to 3. @default 1 */
-  maxHedges?: number
 }
 
 export interface RequestOptions extends CallOptions {

@@ -53,9 +53,10 @@ export function checkInteger (value: unknown, path: string, fail: Fail, min: num
   return value
 }
 
-export function checkNumber (value: unknown, path: string, fail: Fail, min: number): number {
+export function checkNumber (value: unknown, path: string, fail: Fail, min: number, max = Infinity): number {
   if (typeof value !== 'number' || !Number.isFinite(value)) fail(path, `must be a finite number, got ${describe(value)}`)
   if (value < min) fail(path, `must be ${min} or more, got ${value}`)
+  if (value > max) fail(path, `must be ${max} or less, got ${value}`)
   return value
 }
 

@@ -109,7 +109,7 @@ test('each retry not made publishes why', async (t) => {
       { method: 'POST', path: '/charge', attempt: 1, reason: 'status 503', skipped: 'method' }],
     ['attempts', { retry: { ...QUICK, maxAttempts: 2 } }, always(502), (client) => client.get('/x'),
       { method: 'GET', attempt: 2, reason: 'status 502', skipped: 'attempts' }],
-    ['deadline', { totalTimeout: 5_000 }, always(503, { 'retry-after': '100' }), (client) => client.get('/x'),
+    ['deadline', { timeout: 5_000, totalTimeout: 5_000 }, always(503, { 'retry-after': '100' }), (client) => client.get('/x'),
       { attempt: 1, reason: 'status 503', skipped: 'deadline' }],
     ['budget', { retry: { ...QUICK, budget: { ratio: 0, minPerSecond: 0 } } }, always(503), (client) => client.get('/x'),
       { attempt: 1, reason: 'status 503', skipped: 'budget' }],

@@ -13,6 +13,7 @@ const FUNCTIONS = ['createHttpClient', 'requestIdGenerator', 'isValidRequestId',
 const CLASSES = ['HttpClient', 'HttpResponse', 'HttpClientError']
 const ERROR_CODES: Record<string, string> = {
   CircuitOpenError: 'FRH_CIRCUIT_OPEN',
+  OverloadedError: 'FRH_OVERLOADED',
   TimeoutError: 'FRH_TIMEOUT',
   UpstreamError: 'FRH_UPSTREAM',
   HttpStatusError: 'FRH_HTTP_STATUS',
@@ -27,6 +28,7 @@ function sampleErrors (): Record<string, Error & { code: string }> {
   const details = { clientName: 'payments', method: 'GET', path: '/charge', attempts: 1 }
   return {
     CircuitOpenError: new api.CircuitOpenError(details, 1000),
+    OverloadedError: new api.OverloadedError(details, 1000),
     TimeoutError: new api.TimeoutError(details, 'attempt', 100),
     UpstreamError: new api.UpstreamError({ ...details, cause: new Error('reset') }),
     HttpStatusError: new api.HttpStatusError(details, 500, 'oops'),
@@ -82,7 +84,8 @@ test('every error class extends HttpClientError and carries its code', async (t)
   }
   t.equal((samples.CircuitOpenError as unknown as { remainingMs: number }).remainingMs, 1000)
   t.equal((samples.TimeoutError as unknown as { kind: string }).kind, 'attempt')
-  t.equal((samples.HttpStatusError as unknown as { statusCode: number }).statusCode, 500)
+  t.equal((samples.HttpStatusError as unknown as { upstreamStatusCode: number }).upstreamStatusCode, 500)
+  t.equal((samples.OverloadedError as unknown as { limit: number }).limit, 1000)
   t.equal((samples.ResponseTooLargeError as unknown as { limit: number }).limit, 10)
   t.equal((samples.InvalidOptionsError as unknown as { option: string }).option, 'clients.payments.timeout')
   t.type((samples.UpstreamError as Error).cause, Error)

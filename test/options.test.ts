@@ -1,11 +1,13 @@
 import Fastify from 'fastify'
+import { readFileSync } from 'node:fs'
 import diagnosticsChannel from 'node:diagnostics_channel'
 import type { IncomingMessage } from 'node:http'
+import path from 'node:path'
 import pino from 'pino'
 import { test, type Test } from 'tap'
 import { Agent, MockAgent } from 'undici'
 import resilientHttp, { CHANNELS, createHttpClient, HttpClientError, InvalidOptionsError, type RetryEvent } from '../plugin'
-import { resolvePluginOptions } from '../lib/options'
+import { resolveHedge, resolvePluginOptions } from '../lib/options'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, rejection } from './helpers/upstream'
 
@@ -136,6 +138,77 @@ const cases: Array<[string, unknown, string, string?]> = [
   ['pool.headersTimeout rejected by undici', client({ pool: { headersTimeout: 'soon' } }), 'clients.payments.pool', 'payments'],
   ['dispatcher a plain object', client({ dispatcher: { request () {} } }), 'clients.payments.dispatcher', 'payments'],
   ['dispatcher a string', client({ dispatcher: 'global' }), 'clients.payments.dispatcher', 'payments'],
+  // timeout against totalTimeout, set or default
+  ['timeout above the default totalTimeout', client({ timeout: 60_000 }), 'clients.payments.timeout', 'payments'],
+  ['timeout above the given totalTimeout', client({ timeout: 5_000, totalTimeout: 1_000 }), 'clients.payments.timeout', 'payments'],
+  ['defaults.timeout above defaults.totalTimeout', { clients: { payments: { baseUrl: BASE } }, defaults: { timeout: 5_000, totalTimeout: 1_000 } }, 'defaults.timeout'],
+  ['defaults.timeout above the default totalTimeout of a client', { clients: { payments: { baseUrl: BASE } }, defaults: { timeout: 60_000 } }, 'clients.payments.timeout', 'payments'],
+  ['a client totalTimeout below defaults.timeout', { clients: { payments: { baseUrl: BASE, totalTimeout: 1_000 } }, defaults: { timeout: 2_000 } }, 'clients.payments.timeout', 'payments'],
+  // defaultHeaders: an unset environment variable
+  ['defaultHeaders value undefined', client({ defaultHeaders: { 'x-api-key': undefined } }), 'clients.payments.defaultHeaders.x-api-key', 'payments'],
+  ['defaults.defaultHeaders value undefined', { clients: { payments: { baseUrl: BASE } }, defaults: { defaultHeaders: { 'x-api-key': undefined } } }, 'defaults.defaultHeaders.x-api-key'],
+  ['defaultHeaders value undefined over a default', { clients: { payments: { baseUrl: BASE, defaultHeaders: { 'X-Api-Key': undefined } } }, defaults: { defaultHeaders: { 'x-api-key': 'k' } } }, 'clients.payments.defaultHeaders.X-Api-Key', 'payments'],
+  // pool keys
+  ['pool unknown key (a typo)', client({ pool: { conections: 4 } }), 'clients.payments.pool.conections', 'payments'],
+  ['pool option undici removed', client({ pool: { keepAlive: true } }), 'clients.payments.pool.keepAlive', 'payments'],
+  ['pool option of another dispatcher', client({ pool: { maxRedirections: 3 } }), 'clients.payments.pool.maxRedirections', 'payments'],
+  ['defaults.pool unknown key', { clients: { payments: { baseUrl: BASE } }, defaults: { pool: { size: 4 } } }, 'defaults.pool.size'],
+  // baseUrl: URL objects and replicas
+  ['baseUrl a URL with a query', client({ baseUrl: new URL('http://payments.internal/v1?key=1') }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl a URL with an empty query', client({ baseUrl: new URL('http://payments.internal/v1?') }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl a URL with ftp', client({ baseUrl: new URL('ftp://payments.internal') }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl an empty array', client({ baseUrl: [] }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl an array with a bad entry', client({ baseUrl: ['http://a:1', 'ftp://b'] }), 'clients.payments.baseUrl.1', 'payments'],
+  ['baseUrl an array with a non-URL', client({ baseUrl: ['http://a:1', 7] }), 'clients.payments.baseUrl.1', 'payments'],
+  ['baseUrl replicas with different base paths', client({ baseUrl: ['http://a:1/v1', 'http://b:1/v2'] }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl replicas, one without the base path', client({ baseUrl: ['http://a:1/v1', 'http://b:1'] }), 'clients.payments.baseUrl', 'payments'],
+  ['baseUrl replicas with a duplicate', client({ baseUrl: ['http://a:80/v1', 'http://A/v1/'] }), 'clients.payments.baseUrl', 'payments'],
+  // circuitBreaker.openOnRetryAfter
+  ['circuitBreaker.openOnRetryAfter a string', client({ circuitBreaker: { openOnRetryAfter: 'yes' } }), 'clients.payments.circuitBreaker.openOnRetryAfter', 'payments'],
+  // hedge
+  ['hedge true', client({ hedge: true }), 'clients.payments.hedge', 'payments'],
+  ['hedge a number', client({ hedge: 50 }), 'clients.payments.hedge', 'payments'],
+  ['hedge unknown key', client({ hedge: { delay: 50 } }), 'clients.payments.hedge.delay', 'payments'],
+  ['hedge.delayMs 0', client({ hedge: { delayMs: 0 } }), 'clients.payments.hedge.delayMs', 'payments'],
+  ['hedge.delayMs negative', client({ hedge: { delayMs: -5 } }), 'clients.payments.hedge.delayMs', 'payments'],
+  ['hedge.delayMs another word', client({ hedge: { delayMs: 'p95' } }), 'clients.payments.hedge.delayMs', 'payments'],
+  ['hedge.maxHedges 0', client({ hedge: { maxHedges: 0 } }), 'clients.payments.hedge.maxHedges', 'payments'],
+  ['hedge.maxHedges 4', client({ hedge: { maxHedges: 4 } }), 'clients.payments.hedge.maxHedges', 'payments'],
+  ['hedge.maxHedges fractional', client({ hedge: { maxHedges: 1.5 } }), 'clients.payments.hedge.maxHedges', 'payments'],
+  ['defaults.hedge.maxHedges 9', { clients: { payments: { baseUrl: BASE } }, defaults: { hedge: { maxHedges: 9 } } }, 'defaults.hedge.maxHedges'],
+  // maxInFlight
+  ['maxInFlight 0', client({ maxInFlight: 0 }), 'clients.payments.maxInFlight', 'payments'],
+  ['maxInFlight negative', client({ maxInFlight: -1 }), 'clients.payments.maxInFlight', 'payments'],
+  ['maxInFlight fractional', client({ maxInFlight: 2.5 }), 'clients.payments.maxInFlight', 'payments'],
+  ['maxInFlight Infinity', client({ maxInFlight: Infinity }), 'clients.payments.maxInFlight', 'payments'],
+  ['maxInFlight true', client({ maxInFlight: true }), 'clients.payments.maxInFlight', 'payments'],
+  ['maxInFlight a string', client({ maxInFlight: '100' }), 'clients.payments.maxInFlight', 'payments'],
+  // adaptiveConcurrency
+  ['adaptiveConcurrency a string', client({ adaptiveConcurrency: 'on' }), 'clients.payments.adaptiveConcurrency', 'payments'],
+  ['adaptiveConcurrency unknown key', client({ adaptiveConcurrency: { start: 5 } }), 'clients.payments.adaptiveConcurrency.start', 'payments'],
+  ['adaptiveConcurrency.initial 0', client({ adaptiveConcurrency: { initial: 0 } }), 'clients.payments.adaptiveConcurrency.initial', 'payments'],
+  ['adaptiveConcurrency.min fractional', client({ adaptiveConcurrency: { min: 1.5 } }), 'clients.payments.adaptiveConcurrency.min', 'payments'],
+  ['adaptiveConcurrency.max a string', client({ adaptiveConcurrency: { max: '100' } }), 'clients.payments.adaptiveConcurrency.max', 'payments'],
+  ['adaptiveConcurrency.min above max', client({ adaptiveConcurrency: { min: 50, max: 10 } }), 'clients.payments.adaptiveConcurrency.min', 'payments'],
+  ['adaptiveConcurrency.initial above max', client({ adaptiveConcurrency: { initial: 50, max: 40 } }), 'clients.payments.adaptiveConcurrency.initial', 'payments'],
+  ['adaptiveConcurrency.initial below min', client({ adaptiveConcurrency: { initial: 5, min: 10 } }), 'clients.payments.adaptiveConcurrency.initial', 'payments'],
+  ['adaptiveConcurrency.initial above maxInFlight', client({ maxInFlight: 10, adaptiveConcurrency: { initial: 50 } }), 'clients.payments.adaptiveConcurrency.initial', 'payments'],
+  // outlierDetection
+  ['outlierDetection with one baseUrl', client({ outlierDetection: {} }), 'clients.payments.outlierDetection', 'payments'],
+  ['outlierDetection with a one-entry array', client({ baseUrl: [BASE], outlierDetection: { consecutiveFailures: 3 } }), 'clients.payments.outlierDetection', 'payments'],
+  ['outlierDetection true', client({ baseUrl: ['http://a:1', 'http://b:1'], outlierDetection: true }), 'clients.payments.outlierDetection', 'payments'],
+  ['outlierDetection unknown key', client({ baseUrl: ['http://a:1', 'http://b:1'], outlierDetection: { failures: 3 } }), 'clients.payments.outlierDetection.failures', 'payments'],
+  ['outlierDetection.consecutiveFailures 0', client({ baseUrl: ['http://a:1', 'http://b:1'], outlierDetection: { consecutiveFailures: 0 } }), 'clients.payments.outlierDetection.consecutiveFailures', 'payments'],
+  ['outlierDetection.baseEjectionMs 0', client({ baseUrl: ['http://a:1', 'http://b:1'], outlierDetection: { baseEjectionMs: 0 } }), 'clients.payments.outlierDetection.baseEjectionMs', 'payments'],
+  ['outlierDetection.maxEjectedPercent above 100', client({ baseUrl: ['http://a:1', 'http://b:1'], outlierDetection: { maxEjectedPercent: 101 } }), 'clients.payments.outlierDetection.maxEjectedPercent', 'payments'],
+  ['outlierDetection.maxEjectedPercent negative', client({ baseUrl: ['http://a:1', 'http://b:1'], outlierDetection: { maxEjectedPercent: -1 } }), 'clients.payments.outlierDetection.maxEjectedPercent', 'payments'],
+  ['defaults.outlierDetection invalid', { clients: { payments: { baseUrl: BASE } }, defaults: { outlierDetection: { consecutiveFailures: 0 } } }, 'defaults.outlierDetection.consecutiveFailures'],
+  // plugin deadline
+  ['deadline a string', { clients: { payments: { baseUrl: BASE } }, deadline: 'yes' }, 'deadline'],
+  ['deadline unknown key', { clients: { payments: { baseUrl: BASE } }, deadline: { headr: 'x-budget' } }, 'deadline.headr'],
+  ['deadline.header not a header name', { clients: { payments: { baseUrl: BASE } }, deadline: { header: 'x budget' } }, 'deadline.header'],
+  ['deadline.header the request id header', { clients: { payments: { baseUrl: BASE } }, deadline: { header: 'X-Request-Id' } }, 'deadline.header'],
+  ['deadline.forward a number', { clients: { payments: { baseUrl: BASE } }, deadline: { forward: 1 } }, 'deadline.forward'],
   // the failing client is named, not the first one
   ['second client invalid', { clients: { users: { baseUrl: BASE }, payments: { baseUrl: BASE, retry: { maxAttempts: 0 } } } }, 'clients.payments.retry.maxAttempts', 'payments']
 ]
@@ -146,6 +219,13 @@ test('every invalid option fails registration with InvalidOptionsError naming it
       assertInvalidOption(t, await registrationError(t, options), option, clientName)
     })
   }
+})
+
+test('a bad default names the option, not a client', async (t) => {
+  const error = await registrationError(t, { clients: { payments: { baseUrl: BASE } }, defaults: { hedge: { maxHedges: 9 } } }) as InvalidOptionsError
+  t.equal(error.option, 'defaults.hedge.maxHedges')
+  t.equal(error.clientName, undefined)
+  t.equal(error.message, 'Invalid option defaults.hedge.maxHedges: must be between 1 and 3, got 9')
 })
 
 test('a registration that failed decorates nothing and sends nothing', async (t) => {
@@ -348,4 +428,132 @@ test('a given dispatcher is used instead of an own pool', async (t) => {
   const res = await app.httpClients.users.get('/x')
   t.same(await res.json(), { via: 'agent' })
   t.equal(upstream.hits.length, 1)
+})
+
+test('the resolved options of a plain client carry every default', async (t) => {
+  const [payments] = resolvePluginOptions({ clients: { payments: { baseUrl: 'https://payments.internal/v1/' } } }).clients
+  t.same(payments.origins, ['https://payments.internal'])
+  t.equal(payments.basePath, '/v1')
+  t.equal(payments.timeout, 10_000)
+  t.equal(payments.totalTimeout, 30_000)
+  t.same(payments.circuitBreaker, { failureThreshold: 5, recoveryMs: 30_000, halfOpenMaxProbes: 1, openOnRetryAfter: true })
+  t.same(payments.pool, { connections: 128 })
+  t.equal(payments.hedge, false)
+  t.equal(payments.maxInFlight, 1_000)
+  t.equal(payments.adaptiveConcurrency, false)
+  t.equal(payments.outlierDetection, false)
+  t.equal(payments.dispatcher, undefined)
+  t.ok(Object.isFrozen(payments))
+  t.ok(Object.isFrozen(payments.origins))
+})
+
+test('timeout and totalTimeout', async (t) => {
+  const resolve = (options: Record<string, unknown>, defaults?: Record<string, unknown>) =>
+    resolvePluginOptions({ defaults, clients: { a: { baseUrl: BASE, ...options } } }).clients[0]
+  t.match(resolve({ totalTimeout: 5_000 }), { timeout: 5_000, totalTimeout: 5_000 }, 'the default timeout is lowered to a smaller total')
+  t.match(resolve({ totalTimeout: 60_000 }), { timeout: 10_000, totalTimeout: 60_000 })
+  t.match(resolve({ timeout: 30_000 }), { timeout: 30_000, totalTimeout: 30_000 }, 'equal to the default total is fine')
+  t.match(resolve({ timeout: 60_000, totalTimeout: 90_000 }), { timeout: 60_000, totalTimeout: 90_000 })
+  t.match(resolve({ totalTimeout: 90_000 }, { timeout: 60_000 }), { timeout: 60_000, totalTimeout: 90_000 }, 'a default timeout fits a client that raises its total')
+  const error = t.throws(() => createHttpClient({ name: 'users', baseUrl: BASE, timeout: 60_000 })) as InvalidOptionsError
+  t.equal(error.option, 'timeout')
+  t.match(error.message, /default totalTimeout \(30000\)/)
+})
+
+test('baseUrl: a URL object, or replicas', async (t) => {
+  const resolve = (baseUrl: unknown) => resolvePluginOptions({ clients: { a: { baseUrl } } }).clients[0]
+  t.match(resolve(new URL('http://users:8080/api/')), { origins: ['http://users:8080'], basePath: '/api' })
+  const replicas = resolve(['http://10.0.0.5:8080/v1', new URL('http://10.0.0.6:8080/v1/'), 'HTTP://10.0.0.7:8080/v1'])
+  t.same(replicas.origins, ['http://10.0.0.5:8080', 'http://10.0.0.6:8080', 'http://10.0.0.7:8080'])
+  t.equal(replicas.basePath, '/v1')
+  t.same(replicas.outlierDetection, { consecutiveFailures: 5, baseEjectionMs: 30_000, maxEjectedPercent: 50 }, 'outlier detection is on for replicas')
+  t.match(resolve(['http://a', 'http://a:8080']), { origins: ['http://a', 'http://a:8080'], basePath: '' }, 'ports tell replicas apart')
+  t.match(resolve(['http://a/v1']), { origins: ['http://a'], basePath: '/v1', outlierDetection: false }, 'one entry is one origin')
+})
+
+test('hedge, maxInFlight and adaptiveConcurrency', async (t) => {
+  const resolve = (options: Record<string, unknown>) => resolvePluginOptions({ clients: { a: { baseUrl: BASE, ...options } } }).clients[0]
+  t.same(resolve({ hedge: {} }).hedge, { delayMs: 'auto', maxHedges: 1 })
+  t.same(resolve({ hedge: { delayMs: 50, maxHedges: 3 } }).hedge, { delayMs: 50, maxHedges: 3 })
+  t.same(resolve({ hedge: { delayMs: 'auto' } }).hedge, { delayMs: 'auto', maxHedges: 1 })
+  t.equal(resolve({ hedge: false }).hedge, false)
+  t.equal(resolve({ maxInFlight: false }).maxInFlight, Infinity)
+  t.equal(resolve({ maxInFlight: 1 }).maxInFlight, 1)
+  t.same(resolve({ adaptiveConcurrency: true }).adaptiveConcurrency, { initial: 20, min: 1, max: 1_000 })
+  t.same(resolve({ maxInFlight: false, adaptiveConcurrency: true }).adaptiveConcurrency, { initial: 20, min: 1, max: 1_000 })
+  t.same(resolve({ maxInFlight: 500, adaptiveConcurrency: {} }).adaptiveConcurrency, { initial: 20, min: 1, max: 500 }, 'max follows maxInFlight')
+  t.same(resolve({ maxInFlight: 10, adaptiveConcurrency: true }).adaptiveConcurrency, { initial: 10, min: 1, max: 10 }, 'the default start fits a small max')
+  t.same(resolve({ adaptiveConcurrency: { min: 30 } }).adaptiveConcurrency, { initial: 30, min: 30, max: 1_000 }, 'the default start fits a larger min')
+  t.same(resolve({ adaptiveConcurrency: { initial: 5, min: 5, max: 5 } }).adaptiveConcurrency, { initial: 5, min: 5, max: 5 })
+  t.equal(resolve({ adaptiveConcurrency: false }).adaptiveConcurrency, false)
+  t.match(resolve({ circuitBreaker: { openOnRetryAfter: false } }).circuitBreaker, { openOnRetryAfter: false, failureThreshold: 5 })
+})
+
+test('outlierDetection: merged from defaults for the clients with replicas only', async (t) => {
+  const { clients: [single, replicated, off] } = resolvePluginOptions({
+    defaults: { outlierDetection: { consecutiveFailures: 3 } },
+    clients: {
+      single: { baseUrl: BASE },
+      replicated: { baseUrl: ['http://a:1', 'http://b:1'], outlierDetection: { maxEjectedPercent: 100 } },
+      off: { baseUrl: ['http://a:1', 'http://b:1'], outlierDetection: false }
+    }
+  })
+  t.equal(single.outlierDetection, false)
+  t.same(replicated.outlierDetection, { consecutiveFailures: 3, baseEjectionMs: 30_000, maxEjectedPercent: 100 })
+  t.equal(off.outlierDetection, false)
+})
+
+test('the plugin deadline option', async (t) => {
+  const resolve = (deadline: unknown) => resolvePluginOptions({ clients: { a: { baseUrl: BASE } }, deadline }).deadline
+  t.equal(resolve(undefined), false)
+  t.equal(resolve(false), false)
+  t.same(resolve(true), { header: 'x-request-timeout-ms', forward: true })
+  t.same(resolve({}), { header: 'x-request-timeout-ms', forward: true })
+  t.same(resolve({ header: 'X-Budget-Ms', forward: false }), { header: 'x-budget-ms', forward: false })
+})
+
+test('pool takes exactly the options of undici Pool and Client', async (t) => {
+  // Read undici's own type declarations, so a new undici option is noticed here.
+  const undiciTypes = path.join(path.dirname(require.resolve('undici')), 'types')
+  const keys = new Map<string, boolean>()
+  for (const file of ['pool.d.ts', 'client.d.ts']) {
+    const source = readFileSync(path.join(undiciTypes, file), 'utf8')
+    const block = /export interface Options(?: extends [\w.]+)? \{([\s\S]*?)\n {2}\}/.exec(source)
+    t.ok(block, `${file} declares Options`)
+    for (const [, name, type] of (block as RegExpExecArray)[1].matchAll(/^ {4}(\w+)\??\s*(?:\(|:\s*([^;]+))/gm)) {
+      keys.set(name, type?.trim() !== 'never')
+    }
+  }
+  t.ok(keys.size > 20, `found ${keys.size} options`)
+  for (const [key, allowed] of keys) {
+    const attempt = () => resolvePluginOptions({ clients: { a: { baseUrl: BASE, pool: { [key]: undefined } } } })
+    if (allowed) {
+      t.doesNotThrow(attempt, `pool.${key} is accepted`)
+    } else {
+      const error = t.throws(attempt, `pool.${key} (never in undici's types) is refused`) as InvalidOptionsError
+      t.equal(error.option, `clients.a.pool.${key}`)
+    }
+  }
+  const [a] = resolvePluginOptions({ clients: { a: { baseUrl: BASE, pool: { pipelining: 2, keepAliveTimeout: 1_000 } } } }).clients
+  t.same(a.pool, { connections: 128, pipelining: 2, keepAliveTimeout: 1_000 })
+})
+
+test('resolveHedge merges a per-call override over the client\'s hedging', async (t) => {
+  const fail = (option: string, reason: string): never => { throw new Error(`${option} ${reason}`) }
+  const base = { delayMs: 50, maxHedges: 2 } as const
+  t.equal(resolveHedge(undefined, base, 'hedge', fail), base)
+  t.equal(resolveHedge(undefined, false, 'hedge', fail), false)
+  t.equal(resolveHedge(false, base, 'hedge', fail), false)
+  t.same(resolveHedge({ maxHedges: 1 }, base, 'hedge', fail), { delayMs: 50, maxHedges: 1 })
+  t.same(resolveHedge({}, false, 'hedge', fail), { delayMs: 'auto', maxHedges: 1 }, 'a call can hedge on a client that does not')
+  t.throws(() => resolveHedge({ maxHedges: 5 }, base, 'hedge', fail), /hedge\.maxHedges must be between 1 and 3/)
+  t.throws(() => resolveHedge({ delay: 5 }, base, 'hedge', fail), /hedge\.delay unknown option/)
+  t.throws(() => resolveHedge(true, base, 'hedge', fail), /hedge must be an object/)
+})
+
+test('pool: an undefined key keeps the default, null is undici\'s own choice', async (t) => {
+  const resolve = (pool: unknown) => resolvePluginOptions({ clients: { a: { baseUrl: BASE, pool } } }).clients[0].pool
+  t.same(resolve({ connections: undefined }), { connections: 128 })
+  t.same(resolve({ connections: null }), { connections: null })
+  t.same(resolve({ connections: 4 }), { connections: 4 })
 })

@@ -2,7 +2,7 @@ import Fastify from 'fastify'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import resilientHttp, { createHttpClient, HttpClientError, InvalidRequestError } from '../plugin'
-import type { CallOptions } from '../lib/types'
+import type { CallOptions, ClientOptions } from '../lib/types'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, rejection, type Upstream } from './helpers/upstream'
 
@@ -41,6 +41,13 @@ test('every way out of the origin is refused before anything is sent', async (t)
     ['NUL', '/a\u0000b'],
     ['no leading slash', 'steal'],
     ['relative dot path', '../steal'],
+    ['dot-dot segment climbing out of the base path', '/../admin'],
+    ['encoded dot-dot', '/%2e%2e/admin'],
+    ['dot-dot before an encoded slash', '/..%2fadmin'],
+    ['fragment', '/ok#frag'],
+    ['NBSP', '/ok\u00a0x'],
+    ['C1 control', '/ok\u0085x'],
+    ['lone percent', '/ok%'],
     ['empty path', ''],
     ['a number', 42],
     ['undefined', undefined],
@@ -132,21 +139,25 @@ test('a route that passes a caller-chosen path cannot reach another host', async
 test('paths join the base path', async (t) => {
   const upstream = await startUpstream((_req, res, hit) => sendJson(res, 200, { url: hit.url }))
   t.teardown(() => upstream.close())
-  const cases: Array<[string, string, string]> = [
+  const cases: Array<[NonNullable<ClientOptions['baseUrl']>, string, string]> = [
     [`${upstream.url}/v1`, '/charge', '/v1/charge'],
+    [new URL(`${upstream.url}/v1/`), '/charge', '/v1/charge'],
+    [[`${upstream.url}/v1`], '/charge', '/v1/charge'],
     [`${upstream.url}/v1/`, '/charge', '/v1/charge'],
     [`${upstream.url}/api/v2`, '/users/42', '/api/v2/users/42'],
     [upstream.url, '/charge', '/charge'],
     [`${upstream.url}/`, '/charge', '/charge'],
     [`${upstream.url}/v1`, '/', '/v1/'],
-    [`${upstream.url}/v1`, '/a/../b', '/v1/a/../b'],
+    [`${upstream.url}/v1`, '/a/..b/.c', '/v1/a/..b/.c'],
+    [`${upstream.url}/v1`, '/users/José', '/v1/users/Jos%C3%A9'],
+    [`${upstream.url}/v1`, '/a%20b', '/v1/a%20b'],
     [`${upstream.url}/v1`, '/%2F%2Fhost', '/v1/%2F%2Fhost']
   ]
   for (const [baseUrl, path, expected] of cases) {
     const client = createHttpClient({ name: 'payments', baseUrl, retry: false })
     t.teardown(() => client.close())
     const res = await client.get(path)
-    t.same(await res.json(), { url: expected }, `${path} on ${baseUrl}`)
+    t.same(await res.json(), { url: expected }, `${path} on ${String(baseUrl)}`)
   }
   t.equal(upstream.hits.length, cases.length)
 })

@@ -109,7 +109,9 @@ test('a non-2xx response resolves; raiseForStatus() throws HttpStatusError', asy
   t.type(error, HttpStatusError)
   t.type(error, HttpClientError)
   t.equal(error.code, 'FRH_HTTP_STATUS')
-  t.equal(error.statusCode, 404)
+  t.equal(error.upstreamStatusCode, 404)
+  t.equal(error.statusCode, 502, 'a gateway answers 502, never the upstream status')
+  t.equal(error.response, res)
   t.equal(error.clientName, 'catalog')
   t.equal(error.method, 'DELETE')
   t.equal(error.path, '/items/7')
@@ -142,7 +144,7 @@ test('a chunked non-2xx body is quoted too', async (t) => {
   const res = await client.get('/gateway')
   t.equal(res.headers['content-length'], undefined)
   const error = t.throws(() => res.raiseForStatus()) as HttpStatusError
-  t.equal(error.statusCode, 502)
+  t.equal(error.upstreamStatusCode, 502)
   t.equal(error.body, body.slice(0, 1024))
   t.equal(await res.text(), body)
 })
@@ -154,7 +156,7 @@ test('an empty non-2xx body is quoted as an empty string', async (t) => {
   })
   const res = await client.put('/items/1', { json: {} })
   const error = t.throws(() => res.raiseForStatus()) as HttpStatusError
-  t.equal(error.statusCode, 409)
+  t.equal(error.upstreamStatusCode, 409)
   t.equal(error.body, '')
   t.equal(error.method, 'PUT')
 })

@@ -44,6 +44,13 @@ declare namespace fastifyResilientHttp {
   export type RetryOptions = api.RetryOptions
   export type RetryBudgetOptions = api.RetryBudgetOptions
   export type CircuitBreakerOptions = api.CircuitBreakerOptions
+  export type HedgeOptions = api.HedgeOptions
+  export type AdaptiveConcurrencyOptions = api.AdaptiveConcurrencyOptions
+  export type OutlierDetectionOptions = api.OutlierDetectionOptions
+  export type DeadlineOptions = api.DeadlineOptions
+  export type DispatcherLike = api.DispatcherLike
+  export type BaseUrlValue = api.BaseUrlValue
+  export type DefaultHeaders = api.DefaultHeaders
   export type CallOptions = api.CallOptions
   export type RequestOptions = api.RequestOptions
   export type RequestBody = api.RequestBody
@@ -72,6 +79,8 @@ declare namespace fastifyResilientHttp {
   export const HttpClientError: typeof api.HttpClientError
   export type CircuitOpenError = api.CircuitOpenError
   export const CircuitOpenError: typeof api.CircuitOpenError
+  export type OverloadedError = api.OverloadedError
+  export const OverloadedError: typeof api.OverloadedError
   export type TimeoutError = api.TimeoutError
   export const TimeoutError: typeof api.TimeoutError
   export type UpstreamError = api.UpstreamError

@@ -101,7 +101,7 @@ export function untilTimer (clock: ManualClock, ms: number, limitMs?: number): P
 }
 
 export interface ClockedClientOptions extends ClientOptions {
-  baseUrl: string
+  baseUrl: NonNullable<ClientOptions['baseUrl']>
   name?: string
   logger?: Logger
 }

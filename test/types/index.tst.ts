@@ -1,9 +1,11 @@
 import Fastify from 'fastify'
 import { expect, test } from 'tstyche'
+import { Agent, MockAgent } from 'undici'
 import resilientHttp, {
   createHttpClient, requestIdGenerator, resilientHttp as named,
-  CircuitOpenError, HttpClientError, TimeoutError, InvalidOptionsError, HttpStatusError,
-  type HttpClient, type HttpResponse, type ClientStats, type PluginOptions
+  CircuitOpenError, HttpClientError, TimeoutError, InvalidOptionsError, HttpStatusError, OverloadedError,
+  type HttpClient, type HttpResponse, type ClientStats, type PluginOptions, type ClientOptions, type CallOptions,
+  type TimeoutKind
 } from 'fastify-resilient-http'
 
 declare module 'fastify-resilient-http' {
@@ -48,13 +50,90 @@ test('calls resolve to HttpResponse, json<T>() is generic', async () => {
 test('errors carry their fields', () => {
   const error = new Error() as unknown
   if (error instanceof CircuitOpenError) expect(error.remainingMs).type.toBe<number>()
-  if (error instanceof TimeoutError) expect(error.kind).type.toBe<'attempt' | 'total'>()
+  if (error instanceof TimeoutError) expect(error.kind).type.toBe<'attempt' | 'total' | 'deadline'>()
   if (error instanceof InvalidOptionsError) expect(error.option).type.toBe<string>()
-  if (error instanceof HttpStatusError) expect(error.statusCode).type.toBe<number>()
-  if (error instanceof HttpClientError) expect(error.code).type.toBe<string>()
+  if (error instanceof HttpStatusError) {
+    expect(error.statusCode).type.toBe<number>()
+    expect(error.upstreamStatusCode).type.toBe<number>()
+    expect(error.body).type.toBe<string>()
+    expect(error.response).type.toBe<HttpResponse | undefined>()
+  }
+  if (error instanceof OverloadedError) {
+    expect(error.limit).type.toBe<number>()
+    expect(error).type.toBeAssignableTo<HttpClientError>()
+  }
+  if (error instanceof HttpClientError) {
+    expect(error.code).type.toBe<string>()
+    expect(error.statusCode).type.toBe<number>()
+  }
+  expect<TimeoutKind>().type.toBe<'attempt' | 'total' | 'deadline'>()
+  expect(OverloadedError).type.toBeConstructableWith({ clientName: 'a' }, 10)
+  expect(OverloadedError).type.not.toBeConstructableWith({ clientName: 'a' }, '10')
+  expect(HttpStatusError).type.toBeConstructableWith({ clientName: 'a' }, 401, 'body')
+})
+
+test('client options: baseUrl, hedging, overload, replicas', () => {
+  expect<ClientOptions>().type.toBeAssignableFrom({ baseUrl: new URL('http://x/v1') })
+  expect<ClientOptions>().type.toBeAssignableFrom({ baseUrl: ['http://a:1/v1', new URL('http://b:1/v1')] })
+  expect<ClientOptions>().type.toBeAssignableFrom({ baseUrl: ['http://a:1', 'http://b:1'] as const })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ baseUrl: [1, 2] })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ baseUrl: { host: 'x' } })
+
+  expect<ClientOptions>().type.toBeAssignableFrom({ hedge: { delayMs: 'auto' as const, maxHedges: 2 } })
+  expect<ClientOptions>().type.toBeAssignableFrom({ hedge: { delayMs: 50 } })
+  expect<ClientOptions>().type.toBeAssignableFrom({ hedge: false as const })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ hedge: true })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ hedge: { delayMs: 'p95' } })
+
+  expect<ClientOptions>().type.toBeAssignableFrom({ maxInFlight: 10 })
+  expect<ClientOptions>().type.toBeAssignableFrom({ maxInFlight: false as const })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ maxInFlight: true })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ maxInFlight: '10' })
+
+  expect<ClientOptions>().type.toBeAssignableFrom({ adaptiveConcurrency: true })
+  expect<ClientOptions>().type.toBeAssignableFrom({ adaptiveConcurrency: { initial: 10, min: 2, max: 100 } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ adaptiveConcurrency: 'on' })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ adaptiveConcurrency: { start: 10 } })
+
+  expect<ClientOptions>().type.toBeAssignableFrom({ outlierDetection: { consecutiveFailures: 3, baseEjectionMs: 10_000, maxEjectedPercent: 50 } })
+  expect<ClientOptions>().type.toBeAssignableFrom({ outlierDetection: false as const })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ outlierDetection: 5 })
+
+  expect<ClientOptions>().type.toBeAssignableFrom({ circuitBreaker: { openOnRetryAfter: false } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ circuitBreaker: { openOnRetryAfter: 'no' } })
+
+  // An unset environment variable type-checks; registration refuses it.
+  expect<ClientOptions>().type.toBeAssignableFrom({ defaultHeaders: { 'x-api-key': process.env.API_KEY } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ pool: { connections: 'many' } })
+})
+
+test('a dispatcher may be an undici 7 or an undici 8 one', () => {
+  expect<ClientOptions>().type.toBeAssignableFrom({ dispatcher: new MockAgent() })
+  expect<ClientOptions>().type.toBeAssignableFrom({ dispatcher: new Agent() })
+  // undici 8's Dispatcher, as far as its shape differs: other option and handler types.
+  interface Undici8Handler { onRequestStart?: (controller: { abort: (reason: Error) => void }, context: object) => void }
+  interface Undici8Dispatcher { dispatch (options: { origin?: string | URL, path: string, method: string }, handler: Undici8Handler): boolean }
+  expect<ClientOptions>().type.toBeAssignableFrom({ dispatcher: {} as Undici8Dispatcher })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ dispatcher: { request () {} } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ dispatcher: 'global' })
+})
+
+test('call options: hedge and deadline overrides', () => {
+  expect<CallOptions>().type.toBeAssignableFrom({ hedge: { maxHedges: 2 } })
+  expect<CallOptions>().type.toBeAssignableFrom({ hedge: false as const })
+  expect<CallOptions>().type.toBeAssignableFrom({ deadline: false as const })
+  expect<CallOptions>().type.not.toBeAssignableFrom({ deadline: true })
+  expect<CallOptions>().type.not.toBeAssignableFrom({ hedge: { maxHedges: '2' } })
+  const client = createHttpClient({ name: 'users', baseUrl: ['http://a:1', new URL('http://b:1')] })
+  expect(client.get).type.toBeCallableWith('/x', { hedge: { delayMs: 20 }, deadline: false })
+  expect(client.get).type.not.toBeCallableWith('/x', { deadline: 100 })
 })
 
 test('plugin options', () => {
   expect({ clients: { a: { baseUrl: 'http://x' } }, propagateHeaders: ['traceparent'] }).type.toBeAssignableTo<PluginOptions>()
   expect({ clients: { a: { baseUrl: 'http://x' } }, echoRequestId: 'yes' }).type.not.toBeAssignableTo<PluginOptions>()
+  expect({ clients: { a: { baseUrl: 'http://x' } }, deadline: true }).type.toBeAssignableTo<PluginOptions>()
+  expect({ clients: { a: { baseUrl: 'http://x' } }, deadline: { header: 'x-budget-ms', forward: false } }).type.toBeAssignableTo<PluginOptions>()
+  expect({ clients: { a: { baseUrl: 'http://x' } }, deadline: { header: 42 } }).type.not.toBeAssignableTo<PluginOptions>()
+  expect({ clients: { a: { baseUrl: 'http://x' } }, deadline: 800 }).type.not.toBeAssignableTo<PluginOptions>()
 })
