@@ -144,7 +144,7 @@ export class Attempt implements Sendable, TimedEntry {
   send (): void {
     dispatching.attempt = this.number
     try {
-      this.upstream.dispatcher.dispatch(this.options, this as unknown as Dispatcher.DispatchHandler)
+      if (!this.upstream.dispatcher.dispatch(this.options, this as unknown as Dispatcher.DispatchHandler)) this.upstream.markBusy()
     } catch (error) {
       this.onResponseError(null, error as Error)
     } finally {

@@ -428,7 +428,7 @@ export class Call implements AttemptOwner, TimedEntry {
     else counters.successes++
     if (attempt.isHedge) counters.hedgeWins++
     this.#settle()
-    this.#cancelRunning(Cut.Loser, new Error('another attempt answered first'))
+    this.#cancelRunning(Cut.Loser, loserReason())
     this.resolve(new HttpResponse(attempt, this))
   }
 
@@ -515,6 +515,11 @@ export class Call implements AttemptOwner, TimedEntry {
 function isRequestFault (error: unknown): boolean {
   const code = errorCode(error)
   return code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED' || code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH'
+}
+
+/** A losing hedge is aborted, not failed: tracers record an AbortError as no error. */
+function loserReason (): Error {
+  return new DOMException('another attempt of the call answered first', 'AbortError')
 }
 
 /** Refusals come fast and in bulk (open circuit, overload): skip the stack trace. */

@@ -26,7 +26,8 @@ export interface Sendable {
  * `Pool`, or a dispatcher given in the options (never closed by us).
  *
  * Attempts wait in an admission queue of ours and are handed to the pool
- * only while it has a connection free for them. An attempt that times out
+ * only while it has a connection free for them (undici says so through
+ * `dispatch()`'s return value and its `'drain'` event). An attempt that times out
  * or is aborted while it waits is simply unlinked: nothing was sent, and no
  * healthy socket pays for it (an attempt aborted inside undici's own queue
  * costs the connection it is later given, nodejs/undici#386, and under
@@ -45,30 +46,28 @@ export class Upstream {
   ejections = 0
   failures = 0
 
-  readonly #capacity: number
-  #sent = 0
+  /** The pool said it has no connection free (`dispatch()` returned false) and has not drained since. */
+  #busy = false
   #head: Sendable | null = null
   #tail: Sendable | null = null
   #queued = 0
-  #drainScheduled = false
-  readonly #drain = (): void => { this.#drainQueue() }
 
-  constructor (origin: string, dispatcher: Dispatcher, owned: boolean, capacity: number) {
+  constructor (origin: string, dispatcher: Dispatcher, owned: boolean) {
     this.origin = origin
     this.dispatcher = dispatcher
     this.owned = owned
-    this.#capacity = capacity
+    // undici's own signal that a connection is free again: the queue moves on then.
+    if (owned) dispatcher.on('drain', () => { this.#onDrain() })
   }
 
   get queued (): number {
     return this.#queued
   }
 
-  /** Sends the attempt now if a connection is free for it, else queues it. */
+  /** Sends the attempt now if the pool has a connection free for it, else queues it. */
   send (attempt: Sendable): void {
     this.inFlight++
-    if (this.#sent < this.#capacity && this.#head === null) {
-      this.#sent++
+    if (!this.#busy && this.#head === null) {
       attempt.dispatch(this.dispatcher, false)
       return
     }
@@ -78,6 +77,11 @@ export class Upstream {
     else this.#tail.queueNext = attempt
     this.#tail = attempt
     this.#queued++
+  }
+
+  /** `dispatch()` returned false: the pool took the attempt but has no connection free for another. */
+  markBusy (): void {
+    if (this.owned) this.#busy = true
   }
 
   /** A queued attempt is given up before it was sent. */
@@ -93,28 +97,20 @@ export class Upstream {
     this.inFlight--
   }
 
-  /** A sent attempt is over: its connection is free for the next one in the queue. */
+  /** A sent attempt is over. */
   release (): void {
-    this.#sent--
     this.inFlight--
-    // Dispatching from inside undici's callback would re-enter the client that is finishing this
-    // request: the queue moves on in a microtask, once per burst of releases.
-    if (this.#head !== null && !this.#drainScheduled) {
-      this.#drainScheduled = true
-      queueMicrotask(this.#drain)
-    }
   }
 
-  #drainQueue (): void {
-    this.#drainScheduled = false
-    while (this.#head !== null && this.#sent < this.#capacity) {
+  #onDrain (): void {
+    this.#busy = false
+    while (this.#head !== null && !this.#busy) {
       const attempt = this.#head
       this.#head = attempt.queueNext
       if (this.#head === null) this.#tail = null
       else this.#head.queuePrev = null
       attempt.queueNext = null
       this.#queued--
-      this.#sent++
       attempt.dispatch(this.dispatcher, true)
     }
   }
@@ -161,10 +157,12 @@ function rootConnector (options: Pool.Options): buildConnector.connector {
 export function createUpstreams (options: ResolvedClientOptions, optionPath: string): Upstream[] {
   const given = options.dispatcher as Dispatcher | undefined
   return options.origins.map((origin) => {
-    if (given !== undefined) return new Upstream(origin, given, false, Infinity)
-    const poolOptions: Pool.Options = { ...options.pool, connect: rootConnector(options.pool) }
+    if (given !== undefined) return new Upstream(origin, given, false)
     let pool: Pool
     try {
+      const connect = options.pool.connect as unknown
+      if (connect != null && typeof connect !== 'function' && typeof connect !== 'object') throw new TypeError('connect must be a function or an object')
+      const poolOptions: Pool.Options = { ...options.pool, connect: rootConnector(options.pool) }
       pool = new Pool(origin, poolOptions)
       // The pool makes its clients lazily: one made now (no socket) has undici check the
       // options only its Client reads, so they fail here rather than on every call.
@@ -172,8 +170,6 @@ export function createUpstreams (options: ResolvedClientOptions, optionPath: str
     } catch (error) {
       throw new InvalidOptionsError(optionPath === '' ? 'pool' : `${optionPath}.pool`, (error as Error).message, options.name)
     }
-    const connections = options.pool.connections ?? Infinity
-    const pipelining = Math.max(1, options.pool.pipelining ?? 1)
-    return new Upstream(origin, pool, true, connections === null ? Infinity : connections * pipelining)
+    return new Upstream(origin, pool, true)
   })
 }

@@ -8,6 +8,7 @@ import { InvalidOptionsError } from './errors'
 import type { HeaderList } from './headers'
 import type { Logger } from './logger'
 import { isValidRequestId, warnOnCountedRequestIds } from './request-id'
+import { propagatorFields } from './telemetry'
 
 /** What the outbound calls made while serving one inbound request take from it. */
 export interface InboundContext {
@@ -142,8 +143,11 @@ function fillStore (store: Store, context: InboundContext): void {
  * before this plugin are not seen by the hook; a bad value there is ignored.
  */
 export function installRequestContext (fastify: FastifyInstance, settings: RequestContextSettings): void {
-  const { requestIdHeader, echoRequestId, propagateHeaders } = settings
-  checkPropagateHeaders(requestIdHeader, propagateHeaders)
+  const { requestIdHeader, echoRequestId } = settings
+  checkPropagateHeaders(requestIdHeader, settings.propagateHeaders)
+  // Headers an active OpenTelemetry propagator injects are its own: copying them too
+  // would send two traceparents. Known once the app is ready (the SDK may start later).
+  let propagateHeaders = settings.propagateHeaders
   const deadline = settings.deadline ?? false
   const deadlineHeader = deadline === false ? undefined : deadline.header.toLowerCase()
   const forwardedDeadlineHeader = deadline !== false && deadline.forward ? deadlineHeader : undefined
@@ -161,6 +165,8 @@ export function installRequestContext (fastify: FastifyInstance, settings: Reque
     if (registeredAfter) ownStorageInUse = true
     fillBeforeHandler = registeredBefore || registeredAfter
     warnOnCountedRequestIds(fastify)
+    const injected = propagatorFields()
+    if (injected.length > 0) propagateHeaders = settings.propagateHeaders.filter((name) => !injected.includes(name))
     done()
   })
 

@@ -139,11 +139,8 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
   const signal = options.signal
   if (signal !== undefined && !isAbortSignal(signal)) fail('signal', `must be an AbortSignal, got ${describe(signal)}`)
   const totalTimeout = options.totalTimeout === undefined ? settings.totalTimeout : checkDuration(options.totalTimeout, 'totalTimeout', fail)
-  let timeout = Math.min(settings.timeout, totalTimeout)
-  if (options.timeout !== undefined) {
-    timeout = checkDuration(options.timeout, 'timeout', fail)
-    if (timeout > totalTimeout) fail('timeout', `(${timeout} ms) must not be larger than totalTimeout (${totalTimeout} ms)`)
-  }
+  // A call's own timeout may exceed its total: the total then ends the attempt.
+  const timeout = options.timeout === undefined ? Math.min(settings.timeout, totalTimeout) : checkDuration(options.timeout, 'timeout', fail)
   const retry = options.retry === undefined ? settings.retry : resolveRetry(options.retry, settings.retry === false ? DEFAULT_RETRY : settings.retry, 'retry', fail)
   let hedge = HEDGED_METHODS.has(method) ? settings.hedge : false
   if (options.hedge !== undefined) {

@@ -160,7 +160,7 @@ test('a breaker opening is counted, and so is each call it refuses', async (t) =
   const app = await tracedApp(t, upstream, { retry: false, circuitBreaker: { failureThreshold: 1, recoveryMs: 60_000 } })
 
   t.equal((await app.inject({ url: '/call' })).json().statusCode, 500)
-  t.equal((await app.inject({ url: '/call' })).statusCode, 500, 'the open circuit refuses the second call')
+  t.equal((await app.inject({ url: '/call' })).statusCode, 503, 'the open circuit refuses the second call')
 
   const after = await otel.points(METER_NAME, EVENTS_COUNTER_NAME)
   const added = (match: Record<string, string>): number => countOf(after, match) - countOf(before, match)
