@@ -12,6 +12,9 @@ const yaml = require('tap-yaml')
 /** A test file's result line in the runner's own TAP (top level, not indented). */
 const FILE_RESULT = /^(not )?ok \d+ - (.+?)(?: # time=([\d.]+)ms)?(?: \{)?$/
 
+/** What tap's runner says when coverage is under the .taprc gate. */
+const COVERAGE_FAILURE = /^# ERROR: incomplete \w+ coverage/
+
 /** Milliseconds as a short human figure. */
 function duration (ms) {
   return ms === undefined ? '' : ms < 1000 ? `${Math.round(ms)}ms` : `${(ms / 1000).toFixed(1)}s`
@@ -32,7 +35,11 @@ class CompactReporter extends Transform {
     this.parser = new Parser()
     this.parser.on('child', (file) => this.watch(file, [file.name]))
     this.parser.on('assert', (result) => this.fileEnded(result))
-    this.parser.on('comment', (line) => this.push(line))
+    this.coverageFailed = false
+    this.parser.on('comment', (line) => {
+      if (COVERAGE_FAILURE.test(line)) this.coverageFailed = true
+      this.push(line)
+    })
     this.parser.on('extra', (text) => this.push(text))
     this.parser.on('bailout', (reason) => this.push(`Bail out! ${reason}\n`))
     this.parser.on('complete', () => this.summary())
@@ -98,6 +105,7 @@ class CompactReporter extends Transform {
     }
     const { pass, fail, todo, skip } = this.counts
     this.push(`\nfiles: ${this.files.pass} passed, ${this.files.fail} failed; assertions: ${pass} passed, ${fail} failed, ${todo} todo, ${skip} skipped\n`)
+    if (this.coverageFailed) this.push('coverage is under the gate in .taprc (`npm run coverage` lists the lines); a run of only some files needs --disable-coverage\n')
   }
 
   _transform (chunk, _encoding, callback) {
