@@ -143,14 +143,30 @@ test('npm pack ships the build and types, and a consumer uses them', async (t) =
   const tarball = readTarball(await readFile(path.join(tmp, report.filename)))
   const files = [...tarball.keys()].map((name) => name.replace(/^package\//, '')).sort()
 
-  for (const required of ['package.json', 'README.md', 'dist/plugin.js', 'dist/plugin.d.ts', 'types/index.d.ts', 'dist/lib/http-client.js', 'dist/lib/errors.d.ts']) {
+  for (const required of ['package.json', 'README.md', 'LICENSE', 'dist/plugin.js', 'dist/plugin.d.ts', 'types/index.d.ts', 'dist/lib/http-client.js', 'dist/lib/errors.d.ts']) {
     t.ok(files.includes(required), `the tarball has ${required}`)
   }
   for (const file of files) {
-    t.notMatch(file, /(^|\/)(test|benchmarks|example|coverage|\.tap)\//, `${file} is not a test, benchmark or example file`)
+    t.notMatch(file, /(^|\/)(test|benchmarks?|example|coverage|\.tap|\.ci|fixtures)\//, `${file} is not a test, benchmark or example file`)
+    t.notMatch(file, /\.(test|tst|bench)\.|(^|\/)\.taprc$/, `${file} is not a test or benchmark file`)
     t.notMatch(file, /^(lib\/|plugin\.ts$|tsconfig)/, `${file} is not a source file`)
     t.match(file, /^(package\.json|README\.md|LICENSE(\.md)?|CHANGELOG\.md|types\/index\.d\.ts|dist\/.+\.(js|d\.ts))$/, `${file} belongs in the package`)
   }
+
+  const license = tarball.get('package/LICENSE')?.toString() ?? ''
+  t.match(license, /^MIT License\n\nCopyright \(c\) \d{4} fastify-resilient-http contributors\n/, 'the MIT licence, with its copyright line')
+  const manifest = JSON.parse(tarball.get('package/package.json')?.toString() ?? '{}') as {
+    license?: string
+    scripts?: Record<string, string>
+    peerDependencies?: Record<string, string>
+    peerDependenciesMeta?: Record<string, { optional?: boolean }>
+  }
+  t.equal(manifest.license, 'MIT')
+  // npm 11 warns, on every install from a tarball or git, about a package whose manifest has a prepare script.
+  t.equal(manifest.scripts?.prepare, undefined, 'no prepare script: the tarball ships the build')
+  t.equal(manifest.scripts?.prepack, 'npm run build', 'packing builds first')
+  t.equal(manifest.peerDependencies?.['@opentelemetry/api'], '^1.9.0')
+  t.same(manifest.peerDependenciesMeta?.['@opentelemetry/api'], { optional: true }, 'OpenTelemetry is an optional peer')
 
   // A consumer project with the tarball installed; its dependencies are the repo's own, linked, so no network is needed.
   const consumer = path.join(tmp, 'consumer')
