@@ -13,6 +13,8 @@ export interface PoolStats {
   size: number
 }
 
+const NO_CONNECTIONS: PoolStats = Object.freeze({ connected: 0, free: 0, pending: 0, queued: 0, running: 0, size: 0 })
+
 /** What an upstream needs of an attempt it sends: the attempt is its own queue entry. */
 export interface Sendable {
   queuePrev: Sendable | null
@@ -116,8 +118,11 @@ export class Upstream {
   }
 
   stats (): PoolStats | undefined {
-    const stats = (this.dispatcher as { stats?: PoolStats }).stats
-    if (stats === undefined || typeof stats.connected !== 'number') return undefined
+    const own = (this.dispatcher as { stats?: unknown }).stats as Record<string, PoolStats> | PoolStats | undefined
+    if (own === undefined || own === null) return undefined
+    // A Pool keeps its counters itself; an Agent keeps them per origin, and drops an origin it has no connection to.
+    const stats = typeof own.connected === 'number' ? own as PoolStats : (own as Record<string, PoolStats>)[this.origin] ?? NO_CONNECTIONS
+    if (typeof stats.connected !== 'number') return undefined
     return { connected: stats.connected, free: stats.free, pending: stats.pending, queued: stats.queued, running: stats.running, size: stats.size }
   }
 

@@ -8,6 +8,7 @@ import resilientHttp, { createHttpClient, type HttpClient, InvalidRequestError }
 import type { CallOptions } from '../lib/types'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
+import { dispatcherOption } from './helpers/dispatcher'
 
 /** Polls `check` every 10 ms for at most `ms`. */
 async function eventually (check: () => boolean, ms = 3_000): Promise<boolean> {
@@ -25,7 +26,7 @@ function echo (_req: IncomingMessage, res: ServerResponse, hit: { method: string
 async function setup (t: Test, handler = echo, options: Record<string, unknown> = {}): Promise<{ upstream: Upstream, client: HttpClient }> {
   const upstream = await startUpstream(handler)
   t.teardown(() => upstream.close())
-  const client = createHttpClient({ name: 'svc', baseUrl: `${upstream.url}/v1`, retry: false, ...options })
+  const client = createHttpClient({ name: 'svc', baseUrl: `${upstream.url}/v1`, retry: false, ...dispatcherOption(), ...options })
   t.teardown(() => client.close())
   return { upstream, client }
 }
@@ -286,7 +287,7 @@ test('a transport failure counts as a failure', async (t) => {
   const upstream = await startUpstream(echo)
   const url = upstream.url
   await upstream.close()
-  const client = createHttpClient({ name: 'gone', baseUrl: url, retry: false })
+  const client = createHttpClient({ name: 'gone', baseUrl: url, retry: false, ...dispatcherOption() })
   t.teardown(() => client.close())
   const error = await rejection(client.get('/x'))
   t.match(error, { code: 'FRH_UPSTREAM' })

@@ -8,6 +8,7 @@ import type { HttpClient } from '../lib/http-client'
 import type { HttpResponse } from '../lib/response'
 import { type ClockedClientOptions, ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
 import { sendJson, startUpstream, type Upstream, refusedPort, rejection } from './helpers/upstream'
+import { dispatcherOption } from './helpers/dispatcher'
 
 const RECOVERY = 10_000
 const ATTEMPT_TIMEOUT = 50_000
@@ -48,6 +49,7 @@ function breakerClient (t: Test, baseUrl: string, clock: ManualClock, options: P
     totalTimeout: 100_000,
     retry: false,
     circuitBreaker: { failureThreshold: 3, recoveryMs: RECOVERY, halfOpenMaxProbes: 1 },
+    ...dispatcherOption(),
     ...options
   }, clock)
   t.teardown(() => client.close())

@@ -8,11 +8,12 @@ import resilientHttp, {
 import type { CreateHttpClientOptions } from '../lib/types'
 import './helpers/fastify-types'
 import { type Handler, sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
+import { dispatcherOption } from './helpers/dispatcher'
 
 async function setup (t: Test, handler: Handler, options: Partial<CreateHttpClientOptions> = {}): Promise<{ upstream: Upstream, client: HttpClient }> {
   const upstream = await startUpstream(handler)
   t.teardown(() => upstream.close())
-  const client = createHttpClient({ name: 'catalog', baseUrl: `${upstream.url}/api`, retry: false, ...options })
+  const client = createHttpClient({ name: 'catalog', baseUrl: `${upstream.url}/api`, retry: false, ...dispatcherOption(), ...options })
   t.teardown(() => client.close())
   return { upstream, client }
 }

@@ -48,3 +48,8 @@ export function dispatcherOption (): { dispatcher?: Dispatcher } {
   const dispatcher = testDispatcher()
   return dispatcher === undefined ? {} : { dispatcher }
 }
+
+/** True when the clients send through a given undici 8 `Agent`: their `pool` options do not apply. */
+export function usesGivenDispatcher (): boolean {
+  return requestedLine() === 8
+}
