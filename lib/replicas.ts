@@ -64,7 +64,9 @@ export class ReplicaSet {
     }
     if (first === null) return tried === null ? this.#leastLoaded(null) : this.choose(null, now)
     if (second === null) return first
-    return second.inFlight < first.inFlight ? second : first
+    if (second.inFlight !== first.inFlight) return second.inFlight < first.inFlight ? second : first
+    // The reservoir keeps the pair in index order: a tie (idle replicas) is broken at random, or the later one never wins.
+    return this.#random() < 0.5 ? first : second
   }
 
   /** One attempt's verdict on the replica it went to. */

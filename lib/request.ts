@@ -51,9 +51,10 @@ function withInboundHeaders (headers: HeaderList, inbound: InboundContext | unde
   return mergeHeaderLists(headers, settings.propagateRequestId ? inbound.withRequestId : inbound.propagatedOnly)
 }
 
+/** The header to forward the ms left on: none when the request has no deadline (there is nothing to forward). */
 function deadlineHeaderFor (inbound: InboundContext | undefined, headers: HeaderList): string | undefined {
   const header = inbound?.deadlineHeader
-  return header === undefined || hasHeader(headers, header) ? undefined : header
+  return header === undefined || inbound?.deadlineAt === undefined || hasHeader(headers, header) ? undefined : header
 }
 
 /**
