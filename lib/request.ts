@@ -52,7 +52,9 @@ function withInboundHeaders (headers: HeaderList, inbound: InboundContext | unde
 }
 
 function deadlineHeaderFor (inbound: InboundContext | undefined, headers: HeaderList): string | undefined {
-  const header = inbound?.deadlineHeader
+  // A request without a deadline has no ms left to forward.
+  if (inbound?.deadlineAt === undefined) return undefined
+  const header = inbound.deadlineHeader
   return header === undefined || hasHeader(headers, header) ? undefined : header
 }
 
