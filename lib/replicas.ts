@@ -64,6 +64,9 @@ export class ReplicaSet {
     }
     if (first === null) return tried === null ? this.#leastLoaded(null) : this.choose(null, now)
     if (second === null) return first
+    // The reservoir keeps the earlier replica in `first`: a tie (every idle
+    // replica) must be broken at random, or sequential calls never reach the rest.
+    if (second.inFlight === first.inFlight) return this.#random() < 0.5 ? first : second
     return second.inFlight < first.inFlight ? second : first
   }
 
