@@ -1,6 +1,7 @@
-// The app under demonstration: a small checkout gateway with two named clients.
-import Fastify, { type FastifyInstance } from 'fastify'
-import resilientHttp, { CircuitOpenError, HttpClientError, requestIdGenerator, TimeoutError } from 'fastify-resilient-http'
+// The app under demonstration: a small checkout gateway with two named
+// clients, catalog (three replicas, hedged) and payments (one origin).
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify'
+import resilientHttp, { CircuitOpenError, HttpClientError, HttpStatusError, requestIdGenerator, TimeoutError } from 'fastify-resilient-http'
 
 // `import('…').HttpClient` rather than the bare `HttpClient`, which TypeScript
 // cannot name in declaration output (this repo's tsconfig has `declaration`).
@@ -13,24 +14,48 @@ declare module 'fastify-resilient-http' {
 
 /** How long the payments circuit stays open before it half-opens. */
 export const RECOVERY_MS = 1_500
+/** How long a catalog GET waits for response headers before a hedge goes to another replica. */
+export const HEDGE_DELAY_MS = 100
+/** How long a bad catalog replica stays out. */
+export const EJECTION_MS = 1_000
 
 export interface Upstreams {
-  catalogUrl: string
+  catalogUrls: string[]
   paymentsUrl: string
+  /** Where the gateway reports what it keeps from its callers (the errors' own messages). */
+  log: (who: string, text: string) => void
 }
 
-export async function buildGateway ({ catalogUrl, paymentsUrl }: Upstreams): Promise<FastifyInstance> {
+/** What the caller is told for each error code: never an upstream's message or an internal address. */
+const PUBLIC_MESSAGES: Record<string, string> = {
+  FRH_CIRCUIT_OPEN: 'is unavailable, try again later',
+  FRH_OVERLOADED: 'is overloaded, try again later',
+  FRH_TIMEOUT: 'did not answer in time',
+  FRH_UPSTREAM: 'could not be reached',
+  FRH_HTTP_STATUS: 'answered with an error',
+  FRH_RESPONSE_TOO_LARGE: 'answered with too much data',
+  FRH_CLIENT_CLOSED: 'is shutting down'
+}
+
+export async function buildGateway ({ catalogUrls, paymentsUrl, log }: Upstreams): Promise<FastifyInstance> {
   // The inbound x-request-id (when valid) becomes request.id: in the logs, on the reply and upstream.
   const app = Fastify({ genReqId: requestIdGenerator() })
 
   await app.register(resilientHttp, {
+    // Read the caller's budget from x-request-timeout-ms and forward what is left of it.
+    deadline: true,
     defaults: { timeout: 1_000, totalTimeout: 5_000 },
     clients: {
-      catalog: { baseUrl: catalogUrl },
+      catalog: {
+        baseUrl: catalogUrls,
+        retry: { backoffInitialMs: 20, backoffMaxMs: 100 },
+        hedge: { delayMs: HEDGE_DELAY_MS },
+        // Small numbers so that the demonstration fits in a few seconds.
+        outlierDetection: { consecutiveFailures: 2, baseEjectionMs: EJECTION_MS }
+      },
       payments: {
         baseUrl: `${paymentsUrl}/v1`,
         retry: { maxAttempts: 3, backoffInitialMs: 100, backoffMaxMs: 400 },
-        // Small numbers so that the demonstration fits in a few seconds.
         circuitBreaker: { failureThreshold: 3, recoveryMs: RECOVERY_MS }
       }
     }
@@ -38,10 +63,19 @@ export async function buildGateway ({ catalogUrl, paymentsUrl }: Upstreams): Pro
 
   app.get<{ Params: { id: string } }>('/products/:id', async (request, reply) => {
     const res = await app.httpClients.catalog.get(`/products/${encodeURIComponent(request.params.id)}`)
-    return reply.code(res.statusCode).send(await res.json())
+    const product = await res.json<Record<string, unknown>>()
+    return reply.code(res.statusCode).send({ ...product, attempts: res.attempts })
   })
 
-  app.post<{ Body: { productId: string } }>('/checkout', async (request) => {
+  app.post<{ Body: { productId: string } }>('/checkout', {
+    schema: {
+      body: {
+        type: 'object',
+        properties: { productId: { type: 'string', minLength: 1, maxLength: 64 } },
+        required: ['productId']
+      }
+    }
+  }, async (request) => {
     const { catalog, payments } = app.httpClients
     const product = await (await catalog.get(`/products/${encodeURIComponent(request.body.productId)}`)).raiseForStatus().json<{ name: string, price: number }>()
     // The same Idempotency-Key goes with every attempt, which makes this POST safe to retry.
@@ -55,15 +89,31 @@ export async function buildGateway ({ catalogUrl, paymentsUrl }: Upstreams): Pro
     payments: app.httpClients.payments.stats()
   }))
 
-  app.setErrorHandler(async (error, _request, reply) => {
-    if (error instanceof CircuitOpenError) {
-      return reply.code(503).header('retry-after', Math.ceil(error.remainingMs / 1000))
-        .send({ code: error.code, error: `${error.clientName} is unavailable`, retryInMs: error.remainingMs })
-    }
+  app.setErrorHandler(async (error: FastifyError, request, reply) => {
     if (error instanceof HttpClientError) {
-      return reply.code(error instanceof TimeoutError ? 504 : 502).send({ code: error.code, error: error.message })
+      // The full story (an internal address, an upstream's status) goes to the logs, not to the caller.
+      request.log.warn({ err: error }, 'upstream call failed')
+      log('gateway', `  ${error.code}: ${error.message}`)
+      if (error instanceof TimeoutError && error.kind === 'deadline') {
+        // The caller's own budget ran out: a 504 (error.statusCode), and the caller knows why.
+        return reply.code(504).send({ code: error.code, error: 'the request ran out of its time budget' })
+      }
+      if (error instanceof HttpStatusError && error.clientName === 'catalog' && error.upstreamStatusCode === 404) {
+        // One upstream answer the caller may hear about: the product it asked for does not exist.
+        return reply.code(404).send({ code: 'NOT_FOUND', error: 'no such product' })
+      }
+      const message = `${error.clientName} ${PUBLIC_MESSAGES[error.code] ?? 'failed'}`
+      // An open circuit knows when it is worth trying again.
+      const retryAfter = error instanceof CircuitOpenError && error.remainingMs > 0
+        ? { 'retry-after': String(Math.ceil(error.remainingMs / 1000)) }
+        : {}
+      // statusCode is the gateway's own 502, 503 or 504 (500 for a bug of ours), never the upstream's.
+      return reply.code(error.statusCode).headers(retryAfter).send({ code: error.code, error: message })
     }
-    return reply.send(error)
+    const status = error.statusCode ?? 500
+    if (status < 500) return reply.code(status).send({ code: error.code, error: error.message })
+    request.log.error({ err: error }, 'request failed')
+    return reply.code(500).send({ code: 'INTERNAL', error: 'internal error' })
   })
 
   return app

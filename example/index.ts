@@ -1,11 +1,12 @@
-// `npm run example`: a gateway with a healthy and a flaky upstream, driven
-// through good times, 503s, an outage and a recovery, with a timeline of
-// what the clients do about it. Ends by itself in a few seconds.
+// `npm run example`: a gateway with three catalog replicas and a flaky
+// payments upstream, driven through good times, Retry-After, backoff, a short
+// deadline, a stalled replica, a bad replica, an outage and a recovery, with a
+// timeline of what the clients do about it. Ends by itself in a few seconds.
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request } from 'undici'
-import { buildGateway, RECOVERY_MS } from './gateway'
-import { heading, log, watchClientEvents } from './timeline'
-import { startCatalog, startPayments } from './upstreams'
+import { buildGateway, EJECTION_MS, RECOVERY_MS } from './gateway'
+import { heading, log, nameOrigins, watchClientEvents } from './timeline'
+import { DEADLINE_HEADER, startCatalog, startPayments } from './upstreams'
 
 interface Reply {
   statusCode: number
@@ -22,54 +23,86 @@ async function main (): Promise<void> {
   const stopWatching = watchClientEvents()
   const catalog = await startCatalog(log)
   const payments = await startPayments(log)
-  const app = await buildGateway({ catalogUrl: catalog.url, paymentsUrl: payments.url })
+  nameOrigins(catalog.urls, catalog.names)
+  const app = await buildGateway({ catalogUrls: catalog.urls, paymentsUrl: payments.url, log })
   const gateway = await app.listen({ port: 0, host: '127.0.0.1' })
   const agent = new Agent()
   let sent = 0
 
-  async function send (method: 'GET' | 'POST', path: string, body?: unknown): Promise<Reply> {
+  async function send (method: 'GET' | 'POST', path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Reply> {
     const id = `demo-${++sent}`
-    log('client', `${method} ${path}  x-request-id=${id}`)
+    const extra = Object.entries(headers).map(([name, value]) => `  ${name}=${value}`).join('')
+    log('client', `${method} ${path}  x-request-id=${id}${extra}`)
     const res = await request(`${gateway}${path}`, {
       method,
       dispatcher: agent,
-      headers: { 'x-request-id': id, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      headers: { 'x-request-id': id, ...headers, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: body === undefined ? undefined : JSON.stringify(body)
     })
     const payload = await res.body.json() as Record<string, unknown>
-    log('client', `<- ${res.statusCode} ${describe(payload)}  (reply x-request-id=${res.headers['x-request-id']})`)
+    const retryAfter = res.headers['retry-after'] === undefined ? '' : `  retry-after: ${res.headers['retry-after']}`
+    log('client', `<- ${res.statusCode} ${describe(payload)}${retryAfter}  (reply x-request-id=${res.headers['x-request-id']})`)
     return { statusCode: res.statusCode, payload }
   }
 
-  const checkout = (): Promise<Reply> => send('POST', '/checkout', { productId: '1' })
+  const checkout = (headers?: Record<string, string>): Promise<Reply> => send('POST', '/checkout', { productId: '1' }, headers)
 
   try {
     heading('1. all is well')
     await send('GET', '/products/1')
     await checkout()
 
-    heading('2. payments answers 503 with Retry-After: 1, then 200')
+    heading('2. payments answers 503 with Retry-After: 1: the circuit opens for that second, other calls fail fast, the retry closes it')
     payments.script([{ status: 503, retryAfter: 1 }, { status: 200 }])
+    const waiting = checkout()
+    await sleep(200)
     await checkout()
+    await waiting
 
-    heading('3. payments answers 503 twice (no Retry-After): exponential backoff with jitter')
+    heading('3. a caller with a 500 ms budget: what is left goes upstream on every attempt, and the retries stop at the deadline')
+    payments.script([{ status: 503, delayMs: 300 }, { status: 503, delayMs: 300 }])
+    await checkout({ [DEADLINE_HEADER]: '500' })
+    await sleep(20) // the upstream notices the hang-up
+    await checkout() // a caller without a budget is charged as usual (and its success resets the failure count)
+
+    heading('4. payments answers 503 twice (no Retry-After): exponential backoff with jitter')
     payments.script([{ status: 503 }, { status: 503 }, { status: 200 }])
     await checkout()
 
-    heading('4. payments goes down: connection refused, and the circuit opens')
+    heading('5. a catalog replica stalls: after 100 ms a hedge goes to another replica, answers, and the stalled attempt is cancelled')
+    catalog.stallNext(2_000)
+    await send('GET', '/products/1')
+    const { hedges, hedgeWins } = app.httpClients.catalog.stats()
+    log('gateway', `catalog stats: hedges=${hedges} hedgeWins=${hedgeWins}`)
+
+    heading(`6. ${catalog.names[1]} goes bad: its 503s are retried on the other replicas, it is ejected, then it returns`)
+    catalog.setMode(1, 'bad')
+    const ejected = (): boolean => app.httpClients.catalog.stats().replicas.some((replica) => replica.ejected)
+    for (let i = 0; i < 40 && !ejected(); i++) await send('GET', '/products/2')
+    const hitsWhenEjected = catalog.hits[1]
+    for (let i = 0; i < 3; i++) await send('GET', '/products/2')
+    log('gateway', `${catalog.names[1]} got ${catalog.hits[1] - hitsWhenEjected} of the 3 calls made while it was ejected`)
+    catalog.setMode(1, 'healthy')
+    await sleep(EJECTION_MS + 100)
+    const hitsBefore = catalog.hits[1]
+    for (let i = 0; i < 20 && catalog.hits[1] === hitsBefore; i++) await send('GET', '/products/2')
+    const replicas = app.httpClients.catalog.stats().replicas
+    log('gateway', `catalog replicas: ${replicas.map((replica, i) => `${catalog.names[i]} ejections=${replica.ejections} failures=${replica.failures}`).join(', ')}`)
+
+    heading('7. payments goes down: connection refused, and the circuit opens')
     await payments.stop()
     await checkout()
 
-    heading('5. the circuit is open: calls fail fast and nothing is sent; catalog is unaffected')
+    heading('8. the circuit is open: calls fail fast and nothing is sent; catalog is unaffected')
     await checkout()
     await send('GET', '/products/2')
-    const refused = await checkout()
-
-    heading('6. after recoveryMs the circuit half-opens: one probe goes through, fails, and it opens again')
-    await sleep(Number(refused.payload.retryInMs ?? RECOVERY_MS) + 100)
     await checkout()
 
-    heading('7. payments is back: the next probe succeeds and the circuit closes')
+    heading('9. after recoveryMs the circuit half-opens: one probe goes through, fails, and it opens again')
+    await sleep(RECOVERY_MS + 100)
+    await checkout()
+
+    heading('10. payments is back: the next probe succeeds and the circuit closes')
     await payments.start()
     await sleep(RECOVERY_MS + 100)
     await checkout()
@@ -89,8 +122,8 @@ async function main (): Promise<void> {
 
 function describe (payload: Record<string, unknown>): string {
   if (payload.chargeId !== undefined) return `charged ${payload.product} (${payload.chargeId}) in ${payload.attempts} attempt(s)`
-  if (payload.code === 'FRH_CIRCUIT_OPEN') return `${payload.code} short-circuited: ${payload.error}, retry in ${payload.retryInMs} ms`
-  if (payload.code !== undefined) return `${payload.code} ${payload.error}`
+  if (payload.name !== undefined) return `${payload.name} in ${payload.attempts} attempt(s)`
+  if (payload.code !== undefined) return `${payload.code} "${payload.error}"`
   return JSON.stringify(payload)
 }
 

@@ -12,7 +12,7 @@ async function main (): Promise<void> {
   const stopWatching = watchClientEvents()
   const catalog = await startCatalog(log)
   const payments = await startPayments(log)
-  const app = await buildGateway({ catalogUrl: catalog.url, paymentsUrl: payments.url })
+  const app = await buildGateway({ catalogUrls: catalog.urls, paymentsUrl: payments.url, log })
 
   // Not part of a real gateway: switches the payments upstream's behaviour.
   app.post<{ Params: { mode: Mode } }>('/_demo/payments/:mode', {
@@ -29,16 +29,29 @@ async function main (): Promise<void> {
     return { payments: mode }
   })
 
+  // Not part of a real gateway either: makes the second catalog replica answer 503s, or heals it.
+  app.post<{ Params: { mode: 'bad' | 'healthy' } }>('/_demo/catalog/:mode', {
+    schema: { params: { type: 'object', properties: { mode: { enum: ['bad', 'healthy'] } }, required: ['mode'] } }
+  }, async (request) => {
+    catalog.setMode(1, request.params.mode)
+    log(catalog.names[1], `is now ${request.params.mode}`)
+    return { [catalog.names[1]]: request.params.mode }
+  })
+
   const address = await app.listen({ port, host: '127.0.0.1' })
   console.log(`gateway listening on ${address}; try:
 
   curl -i ${address}/products/1 -H 'x-request-id: my-id-1'
   curl -i -X POST ${address}/checkout -H 'content-type: application/json' -d '{"productId":"1"}'
+  curl -i -X POST ${address}/checkout -H 'content-type: application/json' -H 'x-request-timeout-ms: 5' -d '{"productId":"1"}'
   curl ${address}/stats
 
-  curl -X POST ${address}/_demo/payments/flaky     # 2 charges in 3 answer 503 (one with Retry-After: 1)
+  curl -X POST ${address}/_demo/payments/flaky     # 2 charges in 3 answer 503 at first (every third with Retry-After: 1,
+                                                   # which opens the circuit for that second); their retries succeed
   curl -X POST ${address}/_demo/payments/down      # connection refused: 3 failed attempts open the circuit
   curl -X POST ${address}/_demo/payments/healthy   # back up: after 1.5 s the circuit half-opens, a probe closes it
+  curl -X POST ${address}/_demo/catalog/bad        # ${catalog.names[1]} answers 503: retried elsewhere, then ejected for 1 s
+  curl -X POST ${address}/_demo/catalog/healthy
 
 Ctrl-C stops it.
 `)

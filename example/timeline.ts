@@ -1,5 +1,5 @@
-// Prints what happens, as it happens: the clients' retries and circuit
-// transitions come from the package's diagnostics channels.
+// Prints what happens, as it happens: the clients' retries, hedges, circuit
+// transitions and replica ejections come from the package's diagnostics channels.
 import diagnosticsChannel from 'node:diagnostics_channel'
 import { CHANNELS, type CircuitEvent, type RetryEvent, type RetrySkippedEvent } from 'fastify-resilient-http'
 
@@ -9,7 +9,7 @@ let started: number | undefined
 export function log (who: string, text: string): void {
   started ??= performance.now()
   const at = ((performance.now() - started) / 1000).toFixed(3).padStart(6)
-  console.log(`+${at}s  ${who.padEnd(8)}  ${text}`)
+  console.log(`+${at}s  ${who.padEnd(9)}  ${text}`)
 }
 
 export function heading (text: string): void {
@@ -19,11 +19,17 @@ export function heading (text: string): void {
 const SKIPPED: Record<RetrySkippedEvent['skipped'], string> = {
   method: 'the method is not idempotent',
   budget: 'the retry budget is spent',
-  deadline: 'the wait would pass totalTimeout',
+  deadline: 'the wait would pass the deadline or totalTimeout',
   circuit: 'the circuit is open',
   attempts: 'attempts used up',
-  'stream-body': 'a stream body cannot be replayed'
+  'stream-body': 'a stream body cannot be replayed',
+  closing: 'the app is closing'
 }
+
+// The payloads of the hedge, replica and deadline channels (see CHANNELS).
+interface HedgeMessage { client: string, method: string, path: string, attempt: number, delayMs: number }
+interface ReplicaMessage { client: string, origin: string, ejected: boolean, ejectionMs: number, ejections: number }
+interface DeadlineMessage { client: string, method: string, path: string, attempts: number }
 
 function onRetry (message: unknown): void {
   const event = message as RetryEvent
@@ -37,18 +43,48 @@ function onRetrySkipped (message: unknown): void {
 
 function onCircuit (message: unknown): void {
   const event = message as CircuitEvent
-  const until = event.to === 'open' ? ` (half-opens in ${event.remainingMs} ms)` : ''
+  const until = event.to === 'open' ? ` (half-opens in ${event.remainingMs} ms${event.cause === 'retry-after' ? ', as Retry-After asked' : ''})` : ''
   log(event.client, `  circuit ${event.from} -> ${event.to}${until}`)
 }
 
+function onHedge (message: unknown): void {
+  const event = message as HedgeMessage
+  log(event.client, `  hedge: ${event.method} ${event.path} no answer after ${event.delayMs} ms, attempt ${event.attempt} goes to another replica`)
+}
+
+const originNames = new Map<string, string>()
+
+/** Replica events name the replica (`catalog-b`) rather than its origin. */
+export function nameOrigins (origins: string[], names: string[]): void {
+  for (const [i, origin] of origins.entries()) originNames.set(new URL(origin).origin, names[i])
+}
+
+function onReplica (message: unknown): void {
+  const event = message as ReplicaMessage
+  const name = originNames.get(event.origin) ?? event.origin
+  log(event.client, event.ejected
+    ? `  replica ${name} ejected for ${event.ejectionMs} ms (ejection ${event.ejections})`
+    : `  replica ${name} serves again`)
+}
+
+function onDeadline (message: unknown): void {
+  const event = message as DeadlineMessage
+  log(event.client, `  deadline: ${event.method} ${event.path} cut when the caller's budget ran out (after ${event.attempts} attempt(s))`)
+}
+
+const LISTENERS: Array<[string, (message: unknown) => void]> = [
+  [CHANNELS.retry, onRetry],
+  [CHANNELS.retrySkipped, onRetrySkipped],
+  [CHANNELS.circuit, onCircuit],
+  [CHANNELS.hedge, onHedge],
+  [CHANNELS.replica, onReplica],
+  [CHANNELS.deadlineExceeded, onDeadline]
+]
+
 /** Prints every client event until the returned function is called. */
 export function watchClientEvents (): () => void {
-  diagnosticsChannel.subscribe(CHANNELS.retry, onRetry)
-  diagnosticsChannel.subscribe(CHANNELS.retrySkipped, onRetrySkipped)
-  diagnosticsChannel.subscribe(CHANNELS.circuit, onCircuit)
+  for (const [channel, listener] of LISTENERS) diagnosticsChannel.subscribe(channel, listener)
   return () => {
-    diagnosticsChannel.unsubscribe(CHANNELS.retry, onRetry)
-    diagnosticsChannel.unsubscribe(CHANNELS.retrySkipped, onRetrySkipped)
-    diagnosticsChannel.unsubscribe(CHANNELS.circuit, onCircuit)
+    for (const [channel, listener] of LISTENERS) diagnosticsChannel.unsubscribe(channel, listener)
   }
 }

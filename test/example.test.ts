@@ -36,41 +36,115 @@ function runExample (): Promise<Outcome> {
   })
 }
 
-test('npm run example shows the resilience and exits by itself', async (t) => {
+/** The lines of the scene whose heading starts with `--- <number>.` (empty when there is none). */
+function scene (lines: string[], number: number): string[] {
+  const start = lines.findIndex((line) => line.startsWith(`--- ${number}.`))
+  if (start === -1) return []
+  const end = lines.findIndex((line, i) => i > start && line.startsWith('--- '))
+  return lines.slice(start, end === -1 ? undefined : end)
+}
+
+/** Index of the first line matching each pattern, in order; -1 from the first one missing on. */
+function inOrder (lines: string[], patterns: RegExp[]): number[] {
+  const found: number[] = []
+  let from = 0
+  for (const pattern of patterns) {
+    const at = lines.findIndex((line, i) => i >= from && pattern.test(line))
+    found.push(at)
+    if (at === -1) from = lines.length
+    else from = at + 1
+  }
+  return found
+}
+
+test('npm run example shows each scene and exits by itself', async (t) => {
   const { code, signal, stdout, stderr, ms } = await runExample()
   t.equal(signal, null, 'it was not killed', { stderr })
   t.equal(code, 0, 'it exits 0', { stderr })
   t.ok(ms < LIMIT_MS, `it ends in under 20 s (took ${Math.round(ms)} ms)`)
   t.equal(stderr, '', 'nothing on stderr')
-
   const lines = stdout.split('\n')
-  const indexOf = (pattern: RegExp): number => lines.findIndex((line) => pattern.test(line))
+  const check = (title: string, section: string[], patterns: RegExp[]): void => {
+    const found = inOrder(section, patterns)
+    t.notOk(found.includes(-1), title, { missing: patterns[found.indexOf(-1)]?.source, section: section.join('\n') })
+  }
 
-  const retryAfter = indexOf(/payments {4}retry: POST \/charges attempt 1 failed \(status 503\), retry in 1000 ms/)
-  t.ok(retryAfter >= 0, 'a 503 with Retry-After: 1 is retried after 1000 ms')
-  t.ok(indexOf(/payments {4}retry: POST \/charges attempt 2 failed \(status 503\), retry in \d+ ms/) >= 0, 'a 503 without Retry-After is retried with backoff')
+  check('all is well', scene(lines, 1), [/<- 200 coffee in 1 attempt/, /<- 200 charged coffee \(ch_1\) in 1 attempt/])
 
-  const refused = indexOf(/retry: POST \/charges attempt 1 failed \(ECONNREFUSED\)/)
-  const opened = indexOf(/payments {4}circuit closed -> open \(half-opens in 1500 ms\)/)
-  const shortCircuited = indexOf(/<- 503 FRH_CIRCUIT_OPEN short-circuited/)
-  const halfOpen = indexOf(/payments {4}circuit open -> half-open/)
-  const reopened = indexOf(/payments {4}circuit half-open -> open/)
-  const closed = indexOf(/payments {4}circuit half-open -> closed/)
-  t.ok(refused >= 0, 'a refused connection is retried')
-  t.ok(opened > refused, 'the circuit opens after the refused attempts')
-  t.ok(shortCircuited > opened, 'then a call is short-circuited')
-  t.ok(halfOpen > shortCircuited, 'then the circuit half-opens')
-  t.ok(reopened > halfOpen, 'a failed probe opens it again')
-  t.ok(closed > reopened, 'and a successful probe closes it')
+  const retryAfter = scene(lines, 2)
+  check('Retry-After opens the circuit for that second, others fail fast, the retry closes it', retryAfter, [
+    /payments {3}POST \/v1\/charges .* -> 503 \(Retry-After: 1\)/,
+    /payments {5}circuit closed -> open \(half-opens in 1000 ms, as Retry-After asked\)/,
+    /payments {5}retry: POST \/charges attempt 1 failed \(status 503\), retry in 1000 ms/,
+    /<- 503 FRH_CIRCUIT_OPEN "payments is unavailable, try again later" {2}retry-after: 1 /,
+    /payments {5}circuit open -> half-open/,
+    /payments {5}circuit half-open -> closed/,
+    /<- 200 charged coffee \(ch_2\) in 2 attempt\(s\)/
+  ])
+  // The id the client sent is the one the upstream logged on both attempts and the gateway echoed.
+  const id = /client {5}POST \/checkout {2}x-request-id=(demo-\d+)/.exec(retryAfter.find((line) => line.includes('client ')) ?? '')?.[1] ?? 'missing'
+  t.equal(retryAfter.filter((line) => line.includes(`payments   POST /v1/charges  x-request-id=${id} `)).length, 2, `the payments upstream logged ${id} on both attempts`)
+  t.ok(retryAfter.some((line) => line.includes('<- 200 charged coffee') && line.includes(`(reply x-request-id=${id})`)), 'the gateway echoed it on the reply')
 
-  // The id the client sent is the one the upstream logged and the gateway echoed.
-  const section = indexOf(/^--- 2\. payments answers 503 with Retry-After/)
-  const sent = /client {4}POST \/checkout {2}x-request-id=(demo-\d+)/.exec(lines.slice(section).find((line) => line.includes('client ')) ?? '')
-  t.ok(section >= 0 && sent, 'the section with the Retry-After starts with a checkout')
-  const id = sent?.[1] ?? 'missing'
-  const seenUpstream = lines.filter((line) => line.includes(`payments  POST /v1/charges  x-request-id=${id} `))
-  t.equal(seenUpstream.length, 2, `the payments upstream logged ${id} on both attempts`)
-  t.ok(lines.some((line) => line.includes('<- 200 charged coffee') && line.includes(`(reply x-request-id=${id})`)), 'the gateway echoed it on the reply')
+  const deadline = scene(lines, 3)
+  check('a short budget: forwarded, shrinking, and the call stops at the deadline', deadline, [
+    /client {5}POST \/checkout .* x-request-timeout-ms=500/,
+    /catalog-. {2}GET \/products\/1 .* budget=\d+ms/,
+    /payments {3}POST \/v1\/charges .* budget=\d+ms {2}\.\.\. answers 503/,
+    /payments {5}retry: POST \/charges attempt 1 failed \(status 503\)/,
+    /payments {3}POST \/v1\/charges .* budget=\d+ms {2}\.\.\. answers 503/,
+    /payments {5}deadline: POST \/charges cut when the caller's budget ran out \(after 2 attempt\(s\)\)/,
+    /<- 504 FRH_TIMEOUT "the request ran out of its time budget"/
+  ])
+  const budgets = deadline.map((line) => /payments {3}POST .* budget=(\d+)ms/.exec(line)?.[1]).filter((ms) => ms !== undefined).map(Number)
+  t.ok(budgets.length === 2 && budgets[0] <= 500 && budgets[1] < budgets[0] - 200, `the budget shrinks from attempt to attempt (${budgets.join(' ms, ')} ms)`)
 
+  check('backoff with jitter', scene(lines, 4), [
+    /payments {5}retry: POST \/charges attempt 1 failed \(status 503\), retry in \d+ ms/,
+    /payments {5}retry: POST \/charges attempt 2 failed \(status 503\), retry in \d+ ms/,
+    /<- 200 charged coffee \(ch_\d+\) in 3 attempt\(s\)/
+  ])
+
+  const hedge = scene(lines, 5)
+  check('a stalled attempt is hedged and the hedge answers', hedge, [
+    /catalog-(.) {2}GET \/products\/1 .* \.\.\. stalls/,
+    /catalog {6}hedge: GET \/products\/1 no answer after \d+ ms, attempt 2 goes to another replica/,
+    /catalog-. {2}GET \/products\/1 .* -> 200/,
+    /<- 200 coffee in 2 attempt\(s\)/,
+    /catalog stats: hedges=1 hedgeWins=1/
+  ])
+  const stalled = /(catalog-.) {2}GET \/products\/1 .* \.\.\. stalls/.exec(hedge.join('\n'))?.[1]
+  const answered = /(catalog-.) {2}GET \/products\/1 .* -> 200/.exec(hedge.join('\n'))?.[1]
+  t.ok(stalled !== undefined && answered !== undefined && stalled !== answered, `the hedge went to another replica (${stalled}, then ${answered})`)
+  // The loser's cancellation reaches its replica a moment later, at the end of this scene or early in the next.
+  t.ok([...hedge, ...scene(lines, 6)].some((line) => line.includes(`${stalled}    the stalled request was cancelled`)), 'the stalled attempt was cancelled')
+
+  const replicas = scene(lines, 6)
+  check('a bad replica is ejected, calls keep succeeding, and it returns', replicas, [
+    /catalog-b {2}GET \/products\/2 .* -> 503 \(this replica is bad\)/,
+    /catalog {6}replica catalog-b ejected for 1000 ms \(ejection 1\)/,
+    /catalog-b got 0 of the 3 calls made while it was ejected/,
+    /catalog {6}replica catalog-b serves again/,
+    /catalog-b {2}GET \/products\/2 .* -> 200/,
+    /catalog replicas: .*catalog-b ejections=1 failures=2/
+  ])
+  t.same(replicas.filter((line) => /client {5}<- /.test(line) && !line.includes('<- 200 bagel')), [], 'every call succeeded')
+
+  check('payments goes down: the circuit opens', scene(lines, 7), [
+    /payments {5}retry: POST \/charges attempt 1 failed \(ECONNREFUSED\)/,
+    /payments {5}circuit closed -> open \(half-opens in 1500 ms\)/,
+    /gateway {6}FRH_UPSTREAM: payments: POST \/charges failed after 3 attempt\(s\): connect ECONNREFUSED/,
+    /<- 502 FRH_UPSTREAM "payments could not be reached"/
+  ])
+  check('the open circuit fails fast; catalog is unaffected', scene(lines, 8), [
+    /<- 503 FRH_CIRCUIT_OPEN "payments is unavailable, try again later" {2}retry-after: 2 /,
+    /<- 200 bagel/,
+    /<- 503 FRH_CIRCUIT_OPEN/
+  ])
+  check('a failed probe opens it again', scene(lines, 9), [/payments {5}circuit open -> half-open/, /payments {5}circuit half-open -> open/, /<- 502 FRH_UPSTREAM/])
+  check('a successful probe closes it', scene(lines, 10), [/payments {5}circuit half-open -> closed/, /<- 200 charged coffee/, /<- 200 charged coffee/])
+
+  // What the gateway logs stays in its logs: no reply quotes an internal address or an upstream's error.
+  t.same(lines.filter((line) => line.includes('client     <- ') && /ECONNREFUSED|127\.0\.0\.1|answered \d{3}/.test(line)), [], 'replies carry generic messages only')
   t.match(stdout, /"circuit":"closed"/, 'the payments circuit ends closed')
 })
