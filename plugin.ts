@@ -46,6 +46,7 @@ export type { ClientStats, PoolStats } from './lib/http-client'
 export type { ReplicaStats } from './lib/replicas'
 export { HttpResponse } from './lib/response'
 export { CHANNELS } from './lib/events'
+export { resendCountSpanHook } from './lib/telemetry'
 export type {
   RetryEvent, RetrySkippedEvent, CircuitEvent, RetrySkipReason, HedgeEvent, ShortCircuitedEvent,
   OverloadedEvent, DeadlineExceededEvent, ConcurrencyLimitEvent, ReplicaEvent, CircuitCause

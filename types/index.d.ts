@@ -17,6 +17,10 @@ declare module 'fastify' {
     /** The clients registered by fastify-resilient-http, by name. */
     httpClients: fastifyResilientHttp.HttpClients
   }
+  interface FastifyContextConfig {
+    /** The most time a request to this route may take, outbound calls included (ms). */
+    deadlineMs?: number
+  }
 }
 
 type ResilientHttpPlugin = FastifyPluginAsync<api.PluginOptions>
@@ -68,11 +72,21 @@ declare namespace fastifyResilientHttp {
   export type RetrySkippedEvent = api.RetrySkippedEvent
   export type RetrySkipReason = api.RetrySkipReason
   export type CircuitEvent = api.CircuitEvent
+  export type CircuitCause = api.CircuitCause
+  export type HedgeEvent = api.HedgeEvent
+  export type ShortCircuitedEvent = api.ShortCircuitedEvent
+  export type OverloadedEvent = api.OverloadedEvent
+  export type DeadlineExceededEvent = api.DeadlineExceededEvent
+  export type ConcurrencyLimitEvent = api.ConcurrencyLimitEvent
+  export type ReplicaEvent = api.ReplicaEvent
+  export type ReplicaStats = api.ReplicaStats
 
   export const createHttpClient: typeof api.createHttpClient
   export const requestIdGenerator: typeof api.requestIdGenerator
   export const isValidRequestId: typeof api.isValidRequestId
   export const currentRequestId: typeof api.currentRequestId
+  export const currentDeadline: typeof api.currentDeadline
+  export const resendCountSpanHook: typeof api.resendCountSpanHook
   export const CHANNELS: typeof api.CHANNELS
 
   export type HttpClientError = api.HttpClientError
@@ -98,6 +112,8 @@ declare namespace fastifyResilientHttp {
 
   /** The plugin, also the default export. */
   export const resilientHttp: ResilientHttpPlugin
+  /** The plugin under fastify-plugin's camel-cased name. */
+  export const fastifyResilientHttp: ResilientHttpPlugin
   export { resilientHttp as default }
 }
 
