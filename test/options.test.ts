@@ -6,7 +6,7 @@ import path from 'node:path'
 import pino from 'pino'
 import { test, type Test } from 'tap'
 import { Agent, MockAgent } from 'undici'
-import resilientHttp, { CHANNELS, createHttpClient, HttpClientError, InvalidOptionsError, type RetryEvent } from '../plugin'
+import resilientHttp, { CHANNELS, createHttpClient, HttpClientError, InvalidOptionsError, InvalidRequestError, type RetryEvent } from '../plugin'
 import { resolveHedge, resolvePluginOptions } from '../lib/options'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, rejection } from './helpers/upstream'
@@ -370,6 +370,8 @@ test('an unknown client name throws an error naming the registered clients', asy
   t.ok(app.httpClients.payments)
   t.equal(app.httpClients.users.name, 'users')
   const error = t.throws(() => app.httpClients.paymnets) as Error
+  t.ok(error instanceof InvalidRequestError, 'InvalidRequestError')
+  t.equal((error as InvalidRequestError).statusCode, 500)
   t.match(error.message, /"paymnets"/)
   t.match(error.message, /payments, users/)
   t.same(Object.keys(app.httpClients), ['payments', 'users'])
