@@ -364,13 +364,13 @@ export class Call implements AttemptOwner, TimedEntry {
     if (this.timerIndex >= 0) host.timers.remove(this)
     this.#retryAt = now + decision
     host.waiting.add(this)
-    this.#waitTimer = host.clock.setTimer(this.#afterWait, decision)
+    this.#waitTimer = host.clock.setTimer(() => { this.#afterWait() }, decision)
     // Between attempts no socket holds the process open: the wait must, or a
     // script whose upstream is down exits mid-call. close() clears it.
     ;(this.#waitTimer as { ref?: () => unknown }).ref?.()
   }
 
-  readonly #afterWait = (): void => {
+  #afterWait (): void {
     this.#waitTimer = null
     const host = this.host
     host.waiting.delete(this)
