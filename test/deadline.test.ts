@@ -105,6 +105,19 @@ test('a route\'s config.deadlineMs works without the header, and the smaller of 
   t.equal(await sent('/free'), undefined, 'no deadline at all: no header forwarded')
 })
 
+test('a call that sets the deadline header itself sends its own value, and is still cut by the deadline', async (t) => {
+  const upstream = await upstreamFor(t, (_req, res) => { setTimeout(() => sendJson(res, 200, {}), 600).unref() })
+  const { app } = await appWith(t, { deadline: true, clients: { up: { baseUrl: upstream.url } } }, (app) => {
+    app.get('/own', async () => {
+      const error = await rejection(app.httpClients.up.get('/x', { headers: { 'X-Request-Timeout-Ms': '60000' } }))
+      return describeError(error)
+    })
+  })
+  const reply = await app.inject({ url: '/own', headers: { [HEADER]: '200' } })
+  t.match(reply.json(), { name: 'TimeoutError', kind: 'deadline' })
+  t.equal(upstream.hits[0].headers[HEADER], '60000', 'the call\'s own header is sent as it is, once')
+})
+
 test('a route deadline cuts calls without the deadline option, and nothing is forwarded', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => { setTimeout(() => sendJson(res, 200, {}), 2_000).unref() })
   const { app } = await appWith(t, { clients: { up: { baseUrl: upstream.url } } }, (app) => {

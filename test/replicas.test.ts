@@ -157,6 +157,17 @@ test('traffic spreads over three replicas, each answering with its own Host and 
   t.ok(stats.replicas.every((replica) => !replica.ejected && replica.inFlight === 0 && replica.failures === 0))
 })
 
+test('calls made one at a time spread too: idle replicas are chosen at random, not in order', async (t) => {
+  const replicas = await startReplicas(t, 3)
+  const client = makeClient(t, 'idleSpread', replicas)
+  const calls = 600
+  t.equal(await sequentialGets(client, calls), 0)
+  for (const [i, replica] of replicas.entries()) {
+    const share = total(replica) / calls
+    t.ok(share >= 0.2 && share <= 0.46, `replica ${i} got ${(share * 100).toFixed(1)} % of the calls`)
+  }
+})
+
 test('a replica answering 503 is ejected after consecutiveFailures, its calls retried elsewhere, and serves again later', async (t) => {
   const replicas = await startReplicas(t, 3)
   const events = replicaEvents(t, 'eject503')
