@@ -428,7 +428,8 @@ export class Call implements AttemptOwner, TimedEntry {
     else counters.successes++
     if (attempt.isHedge) counters.hedgeWins++
     this.#settle()
-    this.#cancelRunning(Cut.Loser, new Error('another attempt answered first'))
+    // Most calls have no other attempt out: no reason to build (an Error with a stack is costly).
+    if (this.#running !== null) this.#cancelRunning(Cut.Loser, new Error('another attempt answered first'))
     this.resolve(new HttpResponse(attempt, this))
   }
 
