@@ -88,4 +88,29 @@ function sleep (ms) {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
-module.exports = { CLIENT_CPU, SERVER_CPU, canPin, startChild, runChild, stopChild, answer, answerErrors, median, sleep }
+// Clock ticks per second of /proc/<pid>/stat; 100 on every Linux this runs on.
+const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100
+
+/**
+ * CPU seconds (user + system) another process has used so far, from
+ * /proc/<pid>/stat; NaN where there is no /proc or no such process.
+ */
+function cpuSecondsOf (pid) {
+  try {
+    const stat = require('node:fs').readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // The command name may hold spaces: the fields that matter follow its closing parenthesis.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
+  } catch {
+    return NaN
+  }
+}
+
+/** A CPU meter for another process: `stop()` gives its CPU % of one core since `start`. */
+function cpuMeter (pid) {
+  const cpuStart = cpuSecondsOf(pid)
+  const start = performance.now()
+  return { stop: () => 100 * (cpuSecondsOf(pid) - cpuStart) / ((performance.now() - start) / 1000) }
+}
+
+module.exports = { CLIENT_CPU, SERVER_CPU, canPin, startChild, runChild, stopChild, answer, answerErrors, median, sleep, cpuSecondsOf, cpuMeter }

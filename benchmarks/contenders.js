@@ -1,10 +1,11 @@
 'use strict'
 
 // One small function per contender. Each gets the upstream's origin and the
-// pool settings shared by all, and returns { call, close, run? }: `call()`
-// makes one GET / and resolves with the parsed JSON body; `run(fn)`, when
-// present, runs the load loop inside a context (the request id of an inbound
-// request).
+// pool settings shared by all, and returns { call, close, run?, stats? }:
+// `call()` makes one GET and resolves with the parsed JSON body (rejects on a
+// failed call); `run(fn)`, when present, runs the load loop inside a context
+// (the request id of an inbound request); `stats()`, when present, returns
+// counters that the measuring child reads at both ends of its window.
 
 const http = require('node:http')
 const { Pool, Agent, RetryAgent, fetch } = require('undici')
@@ -21,14 +22,143 @@ async function poolGet (p) {
   return value
 }
 
+/** Our client with retry and breaker at their defaults, plus `extra` options, calling `path`. */
+function oursOn (origin, settings, path, extra = {}) {
+  const { createHttpClient } = require('..')
+  const client = createHttpClient({ name: 'upstream', baseUrl: origin, pool: { connections: settings.connections, pipelining: 1 }, ...extra })
+  return {
+    client,
+    call: async () => (await client.get(path)).json(),
+    close: () => client.close(),
+    stats: () => {
+      const { requests, retries, hedges, hedgeWins, successes, failures, overloaded } = client.stats()
+      return { requests, retries, hedges, hedgeWins, successes, failures, overloaded }
+    }
+  }
+}
+
+/** Our client whose non-2xx answers count as failed calls: for goodput under overload. */
+function oursStrict (origin, settings, path, extra) {
+  const contender = oursOn(origin, settings, path, extra)
+  contender.call = async () => {
+    const res = await contender.client.get(path)
+    const body = await res.json()
+    if (!res.ok) throw new Error(`upstream answered ${res.statusCode}`)
+    return body
+  }
+  return contender
+}
+
+/**
+ * The OpenTelemetry metrics SDK set up the same way for both contenders (a
+ * MeterProvider with a periodic reader into memory); only `register` makes it
+ * the global provider, which is what turns the package's counter on. The
+ * calls go to /flaky with retries every other call, so the counter has work.
+ */
+function oursWithMeter (origin, settings, register) {
+  const { metrics } = require('@opentelemetry/api')
+  const { MeterProvider, PeriodicExportingMetricReader, InMemoryMetricExporter, AggregationTemporality } = require('@opentelemetry/sdk-metrics')
+  const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
+  const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 1_000 })
+  const provider = new MeterProvider({ readers: [reader] })
+  if (register) metrics.setGlobalMeterProvider(provider)
+  const contender = oursOn(origin, settings, '/flaky', FLAKY_RETRIES)
+  const close = contender.close
+  contender.close = async () => {
+    await close()
+    await provider.shutdown()
+  }
+  const stats = contender.stats
+  contender.stats = async () => ({ ...stats(), counted: await counted(reader) })
+  return contender
+}
+
+/** Retries of every 503 without waiting long, the breaker never opening: retry events on half the calls. */
+const FLAKY_RETRIES = { retry: { budget: false, backoffInitialMs: 1, backoffMaxMs: 5 }, circuitBreaker: { failureThreshold: 1_000_000 } }
+
+/** The events the counter holds so far (cumulative), collected from the reader. */
+async function counted (reader) {
+  const { resourceMetrics } = await reader.collect()
+  let sum = 0
+  for (const scope of resourceMetrics.scopeMetrics) {
+    for (const metric of scope.metrics) {
+      if (metric.descriptor.name !== 'http.client.resilience.events') continue
+      for (const point of metric.dataPoints) sum += point.value
+    }
+  }
+  return sum
+}
+
+/** Pool.dispatch with the least a handler can do: collect the chunks, parse them at the end. */
+function dispatchGet (p, options) {
+  return new Promise((resolve, reject) => {
+    const chunks = []
+    p.dispatch(options, {
+      onRequestStart () {},
+      onResponseStart () {},
+      onResponseData (_controller, chunk) { chunks.push(chunk) },
+      onResponseEnd () {
+        try {
+          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')))
+        } catch (error) {
+          reject(error)
+        }
+      },
+      onResponseError (_controller, error) { reject(error) }
+    })
+  })
+}
+
 const contenders = {
   async ours (origin, settings) {
-    const { createHttpClient } = require('..')
-    const client = createHttpClient({ name: 'upstream', baseUrl: origin, pool: { connections: settings.connections, pipelining: 1 } })
-    return {
-      call: async () => (await client.get('/')).json(),
-      close: () => client.close()
-    }
+    return oursOn(origin, settings, '/')
+  },
+
+  // The same as `ours`, measured as a separate contender: the spread between
+  // the two is the noise of the run (an A/A control).
+  async 'ours A/A' (origin, settings) {
+    return oursOn(origin, settings, '/')
+  },
+
+  async 'undici dispatch' (origin, settings) {
+    const p = pool(origin, settings)
+    const options = { method: 'GET', path: '/' }
+    return { call: () => dispatchGet(p, options), close: () => p.close() }
+  },
+
+  // Heavy tail (GET /tail): 2 % of requests take 50-200 ms.
+  async 'tail, no hedging' (origin, settings) {
+    return oursOn(origin, settings, '/tail')
+  },
+
+  async 'tail, no hedging A/A' (origin, settings) {
+    return oursOn(origin, settings, '/tail')
+  },
+
+  async 'tail, hedge auto' (origin, settings) {
+    return oursOn(origin, settings, '/tail', { hedge: { delayMs: 'auto' } })
+  },
+
+  // Overload (GET /capacity): the breaker off in both, so that only the
+  // concurrency limit differs (an open circuit would stop either for 30 s).
+  async 'overload, unprotected' (origin, settings) {
+    return oursStrict(origin, settings, '/capacity', { circuitBreaker: false })
+  },
+
+  async 'overload, adaptive' (origin, settings) {
+    return oursStrict(origin, settings, '/capacity', { circuitBreaker: false, adaptiveConcurrency: true })
+  },
+
+  async 'otel counter on' (origin, settings) {
+    return oursWithMeter(origin, settings, true)
+  },
+
+  async 'otel counter off' (origin, settings) {
+    return oursWithMeter(origin, settings, false)
+  },
+
+  async 'otel counter off A/A' (origin, settings) {
+    return oursWithMeter(origin, settings, false)
   },
 
   // Our client as the plugin runs it in a Fastify app: every call made while

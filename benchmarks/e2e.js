@@ -2,48 +2,39 @@
 
 // End to end: autocannon (in the orchestrator, on the upstream's CPU) drives
 // GET /proxy of a Fastify app (e2e-app.js, on the client's CPU) that calls
-// the upstream through our plugin or through a raw undici Pool. A fresh app
-// process per variant and round; the variants alternate.
+// the upstream. A fresh app process per variant and round; the order of the
+// variants rotates each round.
 
 const autocannon = require('autocannon')
-const { CLIENT_CPU, startChild, stopChild } = require('./common')
+const { CLIENT_CPU, startChild, stopChild, cpuMeter } = require('./common')
 
-const VARIANTS = ['ours', 'undici']
+const VARIANTS = ['ours', 'ours A/A', 'ours + deadline', 'raw undici']
 
-async function measure (variant, origin, settings) {
+// Every variant gets the same inbound headers: a valid request id and a
+// 5 s budget (read only by `ours + deadline`).
+const HEADERS = { 'x-request-id': 'bench-0b7c1e52', 'x-request-timeout-ms': '5000' }
+
+/** One variant, one round: answers { rps, p50, p99, errors, appCpuPercent, upstreamCpuPercent }. */
+async function measureE2E (variant, origin, upstreamPid, settings) {
   const { child, message } = await startChild('e2e-app.js', [variant, origin, String(settings.connections)], { cpu: CLIENT_CPU })
   try {
     if (message.error !== undefined) throw new Error(message.error)
-    const result = await autocannon({
-      url: `http://127.0.0.1:${message.port}/proxy`,
-      connections: settings.concurrency,
-      pipelining: 1,
-      duration: settings.durationMs / 1000,
-      warmup: { connections: settings.concurrency, duration: settings.warmupMs / 1000 }
-    })
+    const url = `http://127.0.0.1:${message.port}/proxy`
+    await autocannon({ url, headers: HEADERS, connections: settings.concurrency, duration: settings.warmupMs / 1000 })
+    const appCpu = cpuMeter(child.pid)
+    const upstreamCpu = cpuMeter(upstreamPid)
+    const result = await autocannon({ url, headers: HEADERS, connections: settings.concurrency, pipelining: 1, duration: settings.durationMs / 1000 })
     return {
       rps: result.requests.total / result.duration,
       p50: result.latency.p50,
       p99: result.latency.p99,
-      errors: result.errors + result.timeouts + result.non2xx
+      errors: result.errors + result.timeouts + result.non2xx,
+      appCpuPercent: appCpu.stop(),
+      upstreamCpuPercent: upstreamCpu.stop()
     }
   } finally {
     await stopChild(child)
   }
 }
 
-/** Resolves with { ours: [round results], undici: [round results] }. */
-async function runE2E (origin, settings, log) {
-  const results = { ours: [], undici: [] }
-  for (let round = 0; round < settings.rounds; round++) {
-    const order = round % 2 === 0 ? VARIANTS : [...VARIANTS].reverse()
-    for (const variant of order) {
-      const result = await measure(variant, origin, settings)
-      results[variant].push(result)
-      log(`e2e round ${round + 1}/${settings.rounds} ${variant}: ${Math.round(result.rps)} req/s, p99 ${result.p99} ms`)
-    }
-  }
-  return results
-}
-
-module.exports = { runE2E }
+module.exports = { VARIANTS, measureE2E }

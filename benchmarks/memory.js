@@ -1,12 +1,14 @@
 'use strict'
 
 // Heap growth of our client, in a fresh process started with --expose-gc:
-//   node --expose-gc memory.js <origin> <path> <concurrency> <firstCalls> <totalCalls> <capMs>
+//   node --expose-gc memory.js <origin> <path> <concurrency> <firstCalls> <totalCalls> <capMs> [<distinctTimeouts>]
 // Makes <firstCalls> calls, settles, collects garbage and reads heapUsed; then
 // goes on to <totalCalls> calls and reads it again. <path> /flaky answers 503
 // half the time: retries run (budget off, 1 ms backoff) and the breaker counts
-// every failure, with a threshold high enough that it stays closed. Stops
-// early at <capMs> so the run stays bounded, and says how far it got.
+// every failure, with a threshold high enough that it stays closed. With
+// <distinctTimeouts>, call i passes its own `timeout` of 5,000 + (i mod
+// <distinctTimeouts>) ms, as calls under inbound deadlines do. Stops early at
+// <capMs> so the run stays bounded, and says how far it got.
 
 const { createHttpClient } = require('..')
 const { answer, answerErrors, sleep } = require('./common')
@@ -21,7 +23,8 @@ async function settledHeap () {
 
 async function main () {
   if (typeof global.gc !== 'function') throw new Error('run with --expose-gc')
-  const [origin, path, concurrency, firstCalls, totalCalls, capMs] = process.argv.slice(2)
+  const [origin, path, concurrency, firstCalls, totalCalls, capMs, distinct = '0'] = process.argv.slice(2)
+  const distinctTimeouts = Number(distinct)
   const flaky = path === '/flaky'
   const client = createHttpClient({
     name: 'upstream',
@@ -37,9 +40,10 @@ async function main () {
   async function callsUpTo (target) {
     async function worker () {
       while (calls < target && performance.now() < deadline) {
+        const options = distinctTimeouts > 0 ? { timeout: 5_000 + (calls % distinctTimeouts) } : undefined
         calls++
         try {
-          await (await client.get(path)).text()
+          await (await client.get(path, options)).text()
         } catch (error) {
           errors++
           firstError ??= error?.message ?? String(error)

@@ -428,7 +428,8 @@ export class Call implements AttemptOwner, TimedEntry {
     else counters.successes++
     if (attempt.isHedge) counters.hedgeWins++
     this.#settle()
-    this.#cancelRunning(Cut.Loser, loserReason())
+    // Most calls have no other attempt out: no reason to build (an Error is costly).
+    if (this.#running !== null) this.#cancelRunning(Cut.Loser, loserReason())
     this.resolve(new HttpResponse(attempt, this))
   }
 

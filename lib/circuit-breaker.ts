@@ -84,9 +84,9 @@ export class CircuitBreaker {
     return this.#state
   }
 
-  /** Whole milliseconds until the circuit half-opens (rounded up: the clock has fractions); 0 once it has. */
+  /** Whole milliseconds until the circuit half-opens (rounded up, so at least 1 while open); 0 once it has. */
   remainingMs (now: number): number {
-    return this.#state === 'open' ? Math.max(0, Math.ceil(this.#openUntil - now)) : 0
+    return this.#state === 'open' && now < this.#openUntil ? Math.ceil(this.#openUntil - now) : 0
   }
 
   #open (now: number, ms: number, cause: CircuitCause): void {

@@ -1,0 +1,287 @@
+'use strict'
+
+// The markdown report of a run, and the SVG of the hedging phase.
+
+const { median } = require('./common')
+const { medianOf, ratioOf, resultsOf } = require('./rounds')
+const { cdfSvg } = require('./svg-cdf')
+
+const int = (value) => Number.isFinite(value) ? Math.round(value).toLocaleString('en-US') : 'n/a'
+const fixed = (value, digits = 2) => Number.isFinite(value) ? value.toFixed(digits) : 'n/a'
+const percent = (value, digits = 1) => Number.isFinite(value) ? `${(100 * value).toFixed(digits)} %` : 'n/a'
+const sum = (list, key) => list.reduce((total, result) => total + (result[key] ?? 0), 0)
+const cell = (text) => String(text).replace(/\|/g, '\\|')
+
+/** Over 90 % of a core: the upstream, not the client, set the pace. */
+const UPSTREAM_BOUND = 90
+
+function roundsLine (phase, plan) {
+  return `${phase.rounds.length} interleaved round(s) of ${plan.durationMs / 1000} s after ${plan.warmupMs / 1000} s of warm-up, each contender in a fresh process, the order rotating; medians over rounds; ratios are medians of the per-round ratios.`
+}
+
+function failedLine (phase) {
+  const failed = Object.entries(phase.failures ?? {})
+  return failed.length === 0 ? [] : ['', ...failed.map(([name, message]) => `- ${name} failed: ${cell(message)}`)]
+}
+
+/** The window's counters of one contender, summed over its rounds. */
+function statsSum (phase, name, key) {
+  return resultsOf(phase, name).reduce((total, result) => total + (result.stats?.[key] ?? 0), 0)
+}
+
+function upstreamBoundNote (phase, names) {
+  const busiest = Math.max(...names.map((name) => medianOf(phase, name, 'upstreamCpuPercent')).filter(Number.isFinite))
+  if (!Number.isFinite(busiest)) return 'Upstream CPU could not be read (no /proc).'
+  return busiest > UPSTREAM_BOUND
+    ? `**Upstream-bound**: the upstream used up to ${int(busiest)} % of its core, so the client ratios are compressed towards 1.`
+    : `The upstream used at most ${int(busiest)} % of its core (median over rounds): not upstream-bound.`
+}
+
+function clientSection (phase, plan) {
+  const lines = ['## 1. Client throughput and latency', '']
+  lines.push(`Concurrency ${plan.concurrency}; every pool 128 connections, pipelining 1; GET / of a small JSON body, read as JSON.`)
+  lines.push('"ours": `createHttpClient()` with retry and circuit breaker at their defaults, `(await client.get(\'/\')).json()`; "ours A/A": the same, measured as a separate contender (the noise of the run);')
+  lines.push('"undici": `Pool.request()` + `body.json()`; "undici dispatch": `Pool.dispatch()` with a minimal handler (chunks collected, `JSON.parse`).')
+  lines.push(roundsLine(phase, plan), '')
+  lines.push('| contender | req/s | p50 ms | p99 ms | req/s vs undici request | req/s vs undici dispatch | p99 vs request | client CPU % | upstream CPU % | errors |')
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  const names = Object.keys(Object.assign({}, ...phase.rounds))
+  for (const name of names) {
+    const list = resultsOf(phase, name)
+    lines.push(`| ${name} | ${int(medianOf(phase, name, 'rps'))} | ${fixed(medianOf(phase, name, 'p50'))} | ${fixed(medianOf(phase, name, 'p99'))} | ${fixed(ratioOf(phase, name, 'undici', 'rps'))} | ${fixed(ratioOf(phase, name, 'undici dispatch', 'rps'))} | ${fixed(ratioOf(phase, name, 'undici', 'p99'))} | ${int(medianOf(phase, name, 'cpuPercent'))} | ${int(medianOf(phase, name, 'upstreamCpuPercent'))} | ${sum(list, 'errors')} |`)
+  }
+  lines.push('', upstreamBoundNote(phase, names), ...failedLine(phase), '')
+  return lines
+}
+
+function e2eSection (phase, plan) {
+  const lines = ['## 2. End to end through Fastify', '']
+  lines.push(`autocannon, ${plan.concurrency} connections, drives GET /proxy of a Fastify app that calls the upstream and returns its JSON. Every variant uses`)
+  lines.push('`genReqId: requestIdGenerator()` and gets the same inbound `x-request-id` and `x-request-timeout-ms: 5000`; every variant echoes the id and forwards it upstream.')
+  lines.push('"ours": the plugin at its defaults; "ours A/A": the same (noise); "ours + deadline": the plugin with `deadline: true` (the inbound budget read and the ms left forwarded);')
+  lines.push('"raw undici": the same route on `Pool.request()`, passing `request.id` by hand.')
+  lines.push(roundsLine(phase, plan), '')
+  lines.push('| variant | req/s | p50 ms | p99 ms | req/s vs raw undici | req/s vs ours | app CPU % | upstream + autocannon CPU % | errors |')
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for (const name of Object.keys(Object.assign({}, ...phase.rounds))) {
+    const list = resultsOf(phase, name)
+    lines.push(`| ${name} | ${int(medianOf(phase, name, 'rps'))} | ${fixed(medianOf(phase, name, 'p50'))} | ${fixed(medianOf(phase, name, 'p99'))} | ${fixed(ratioOf(phase, name, 'raw undici', 'rps'))} | ${fixed(ratioOf(phase, name, 'ours', 'rps'))} | ${int(medianOf(phase, name, 'appCpuPercent'))} | ${int(medianOf(phase, name, 'upstreamCpuPercent'))} | ${sum(list, 'errors')} |`)
+  }
+  lines.push('', 'The upstream CPU % here is the upstream process alone; autocannon shares its core (CPU 1).', ...failedLine(phase), '')
+  return lines
+}
+
+function failFastSection (phase, plan) {
+  const lines = ['## 3. Fail-fast: an open circuit', '']
+  lines.push('Calls rejected per second by an open breaker (opened by a real refused connection; threshold 1, recovery 10 minutes), batches of 1000')
+  lines.push(`settled with Promise.allSettled; only the breaker's own open-circuit error counts. ${phase.rounds.length} round(s) of ${plan.durationMs / 1000} s; medians.`)
+  lines.push('Ours keeps retry on at its defaults; cockatiel is its breaker policy alone (its fastest path); opossum at its defaults.', '')
+  lines.push('| breaker | rejections/s | ours vs this (same round) | rejection |')
+  lines.push('| --- | ---: | ---: | --- |')
+  for (const name of Object.keys(Object.assign({}, ...phase.rounds))) {
+    const list = resultsOf(phase, name)
+    const unexpected = sum(list, 'unexpected')
+    const sample = cell(list[0].sample) + (unexpected > 0 ? ` (${unexpected} other outcomes)` : '')
+    lines.push(`| ${name} | ${int(medianOf(phase, name, 'perSecond'))} | ${fixed(ratioOf(phase, 'ours', name, 'perSecond'))} | ${sample} |`)
+  }
+  lines.push(...failedLine(phase), '')
+  return lines
+}
+
+function memorySection (runs, plan) {
+  const lines = ['## 4. Memory: our client', '']
+  lines.push(`heapUsed after global.gc(), concurrency ${plan.concurrency}, after ${int(plan.firstCalls)} calls and after ${int(plan.totalCalls)} calls. The retried run: GET /flaky`)
+  lines.push('answers 503 every other time, retries with the budget off and 1 ms backoff, the breaker kept closed; call i passes `timeout: 5000 + (i mod 20000)`.', '')
+  lines.push('| scenario | calls | heap first MB | heap last MB | growth MB | calls/s | retries | errors |')
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for (const [label, run] of Object.entries(runs)) {
+    if (run.error !== undefined) {
+      lines.push(`| ${label} | failed | | | | | | ${cell(run.error)} |`)
+      continue
+    }
+    const calls = `${int(run.firstCalls)} → ${int(run.totalCalls)}${run.totalCalls < plan.totalCalls ? ' (time cap)' : ''}`
+    lines.push(`| ${label} | ${calls} | ${fixed(run.heapFirstMB)} | ${fixed(run.heapTotalMB)} | ${fixed(run.deltaMB)} | ${int(run.callsPerSecond)} | ${int(run.retries)} | ${run.errors} |`)
+  }
+  lines.push('')
+  return lines
+}
+
+function hedgingSection (phase, plan) {
+  const base = 'tail, no hedging'
+  const lines = ['## 5. Hedging: a heavy-tail upstream', '']
+  lines.push(`GET /tail: 2 % of requests answer after 50-200 ms, the rest at once. Concurrency ${plan.concurrency}; our client at its defaults, without hedging`)
+  lines.push('(twice: the A/A control) and with `hedge: { delayMs: \'auto\' }` (the p95 of the last 1,000 attempts). Extra upstream requests: hedges and retries')
+  lines.push('sent in the window per call started in it. The latency CDF of every round is in [hedging-cdf.svg](hedging-cdf.svg).')
+  lines.push(roundsLine(phase, plan), '')
+  lines.push('| contender | calls/s | p50 ms | p99 ms | p99.9 ms | p99 vs no hedging | p99.9 vs no hedging | calls/s vs no hedging | extra upstream requests | hedge wins | client CPU % | upstream CPU % |')
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for (const name of Object.keys(Object.assign({}, ...phase.rounds))) {
+    const requests = statsSum(phase, name, 'requests')
+    const extra = (statsSum(phase, name, 'hedges') + statsSum(phase, name, 'retries')) / requests
+    lines.push(`| ${name} | ${int(medianOf(phase, name, 'rps'))} | ${fixed(medianOf(phase, name, 'p50'))} | ${fixed(medianOf(phase, name, 'p99'))} | ${fixed(medianOf(phase, name, 'p999'))} | ${fixed(ratioOf(phase, name, base, 'p99'))} | ${fixed(ratioOf(phase, name, base, 'p999'))} | ${fixed(ratioOf(phase, name, base, 'rps'))} | ${percent(extra, 2)} | ${int(statsSum(phase, name, 'hedgeWins'))} | ${int(medianOf(phase, name, 'cpuPercent'))} | ${int(medianOf(phase, name, 'upstreamCpuPercent'))} |`)
+  }
+  lines.push(...failedLine(phase), '')
+  return lines
+}
+
+function overloadSection (phase, plan) {
+  const base = 'overload, unprotected'
+  const lines = ['## 6. Overload: an upstream with a capacity of 50', '']
+  lines.push('GET /capacity serves 50 requests at once in 20 ms each; above that its latency grows with the square of the overload (20 ms × (inFlight / 50)²)')
+  lines.push(`and a share (inFlight − 50) / inFlight of the requests fail with 503. Offered ${plan.concurrency} concurrent callers (4× its capacity); a caller whose call failed`)
+  lines.push(`comes back after ${plan.pauseAfterErrorMs} ms. Our client, retry at its defaults, the circuit breaker off in both (an open circuit would stop either for 30 s),`)
+  lines.push('`adaptiveConcurrency` off ("unprotected", only the default `maxInFlight: 1000` and the pool\'s 128 connections) or `true`. Goodput: successful (2xx) calls per second; latency of those.')
+  lines.push(roundsLine(phase, plan), '')
+  lines.push('| contender | goodput calls/s | p50 ms | p99 ms | goodput vs unprotected | p99 vs unprotected | failed calls/s | refused by the limit | retries | upstream peak in-flight | upstream CPU % |')
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for (const name of Object.keys(Object.assign({}, ...phase.rounds))) {
+    const list = resultsOf(phase, name)
+    const failedPerSecond = median(list.map((result) => result.windowErrors / result.seconds))
+    const peak = median(list.map((result) => result.upstream?.peakInFlight))
+    lines.push(`| ${name} | ${int(medianOf(phase, name, 'rps'))} | ${fixed(medianOf(phase, name, 'p50'))} | ${fixed(medianOf(phase, name, 'p99'))} | ${fixed(ratioOf(phase, name, base, 'rps'))} | ${fixed(ratioOf(phase, name, base, 'p99'))} | ${int(failedPerSecond)} | ${int(statsSum(phase, name, 'overloaded'))} | ${int(statsSum(phase, name, 'retries'))} | ${int(peak)} | ${int(medianOf(phase, name, 'upstreamCpuPercent'))} |`)
+  }
+  lines.push(...failedLine(phase), '')
+  return lines
+}
+
+function otelSection (phase, plan) {
+  const base = 'otel counter off'
+  const lines = ['## 7. The OpenTelemetry counter', '']
+  lines.push('Both contenders set up the same `@opentelemetry/sdk-metrics` MeterProvider with a periodic reader (1 s, into memory); "on" registers it as the')
+  lines.push('global provider, which turns `http.client.resilience.events` on; "off" does not (its A/A twin shows the noise). GET /flaky answers 503 every other')
+  lines.push('time and each is retried (budget off, 1 ms backoff, breaker kept closed), so half the calls publish a `retry` event the counter records.')
+  lines.push(`Concurrency ${plan.concurrency}. ${roundsLine(phase, plan)}`, '')
+  lines.push('| contender | calls/s | p50 ms | p99 ms | calls/s vs off | events counted in the window | client CPU % | upstream CPU % |')
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  const names = Object.keys(Object.assign({}, ...phase.rounds))
+  for (const name of names) {
+    lines.push(`| ${name} | ${int(medianOf(phase, name, 'rps'))} | ${fixed(medianOf(phase, name, 'p50'))} | ${fixed(medianOf(phase, name, 'p99'))} | ${fixed(ratioOf(phase, name, base, 'rps'))} | ${int(statsSum(phase, name, 'counted'))} | ${int(medianOf(phase, name, 'cpuPercent'))} | ${int(medianOf(phase, name, 'upstreamCpuPercent'))} |`)
+  }
+  lines.push('', upstreamBoundNote(phase, names), ...failedLine(phase), '')
+  return lines
+}
+
+/** One row of the targets table: [what, target, measured, A/A noise, met]. */
+function targetRows (results) {
+  const rows = []
+  const add = (what, target, value, shown, noise, met) => rows.push([what, target, Number.isFinite(value) ? shown : 'n/a', noise, Number.isFinite(value) ? (met ? 'yes' : '**no**') : 'n/a'])
+  const aa = (phase, a, b, key) => {
+    const value = ratioOf(phase, a, b, key)
+    return Number.isFinite(value) ? `A/A ${fixed(value)}` : ''
+  }
+  const c = results.client
+  if (c?.rounds !== undefined) {
+    const request = ratioOf(c, 'ours', 'undici', 'rps')
+    const dispatch = ratioOf(c, 'ours', 'undici dispatch', 'rps')
+    const p99 = ratioOf(c, 'ours', 'undici', 'p99')
+    const noise = aa(c, 'ours A/A', 'ours', 'rps')
+    add('1. throughput vs undici Pool.request', '≥ 1.15×', request, `${fixed(request)}×`, noise, request >= 1.15)
+    add('1. throughput vs undici Pool.dispatch', '≥ 0.95×', dispatch, `${fixed(dispatch)}×`, noise, dispatch >= 0.95)
+    add('1. p99 vs undici Pool.request', '≤ 1.00×', p99, `${fixed(p99)}×`, aa(c, 'ours A/A', 'ours', 'p99'), p99 <= 1)
+  }
+  const e = results.e2e
+  if (e?.rounds !== undefined) {
+    const raw = ratioOf(e, 'ours', 'raw undici', 'rps')
+    const deadline = 1 - ratioOf(e, 'ours + deadline', 'ours', 'rps')
+    const noise = aa(e, 'ours A/A', 'ours', 'rps')
+    add('2. end to end vs raw Pool.request', '≥ 0.97×', raw, `${fixed(raw)}×`, noise, raw >= 0.97)
+    add('2. cost of `deadline: true`', '≤ 3 %', deadline, percent(deadline), noise, deadline <= 0.03)
+  }
+  const f = results.failFast
+  if (f?.rounds !== undefined) {
+    const peers = ['cockatiel', 'opossum'].map((name) => [name, medianOf(f, name, 'perSecond')]).sort((a, b) => b[1] - a[1])
+    const fastest = peers[0][0]
+    const value = ratioOf(f, 'ours', fastest, 'perSecond')
+    add(`3. open-circuit rejections/s vs the fastest peer (${fastest})`, '≥ 2×', value, `${fixed(value)}×`, aa(f, 'ours A/A', 'ours', 'perSecond'), value >= 2)
+  }
+  const m = results.memory
+  if (m !== undefined && m.error === undefined) {
+    for (const [label, run] of Object.entries(m)) {
+      add(`4. heap growth, ${label}`, '< 5 MB', run.deltaMB, `${fixed(run.deltaMB)} MB over ${int(run.totalCalls - run.firstCalls)} calls`, '', run.deltaMB < 5)
+    }
+  }
+  const h = results.hedging
+  if (h?.rounds !== undefined) {
+    const p99 = ratioOf(h, 'tail, hedge auto', 'tail, no hedging', 'p99')
+    const p999 = ratioOf(h, 'tail, hedge auto', 'tail, no hedging', 'p999')
+    const rps = ratioOf(h, 'tail, hedge auto', 'tail, no hedging', 'rps')
+    const extra = (statsSum(h, 'tail, hedge auto', 'hedges') + statsSum(h, 'tail, hedge auto', 'retries')) / statsSum(h, 'tail, hedge auto', 'requests')
+    add('5. hedging: p99 vs no hedging', '≤ 0.5×', p99, `${fixed(p99)}× (p99.9: ${fixed(p999)}×)`, aa(h, 'tail, no hedging A/A', 'tail, no hedging', 'p99'), p99 <= 0.5)
+    add('5. hedging: extra upstream requests', '≤ 5 %', extra, percent(extra, 2), '', extra <= 0.05)
+    add('5. hedging: throughput vs no hedging', '≥ 0.95×', rps, `${fixed(rps)}×`, aa(h, 'tail, no hedging A/A', 'tail, no hedging', 'rps'), rps >= 0.95)
+  }
+  const o = results.overload
+  if (o?.rounds !== undefined) {
+    const goodput = ratioOf(o, 'overload, adaptive', 'overload, unprotected', 'rps')
+    const p99 = ratioOf(o, 'overload, adaptive', 'overload, unprotected', 'p99')
+    add('6. overload: goodput, adaptive vs unprotected', '≥ 1.5×', goodput, `${fixed(goodput)}×`, '', goodput >= 1.5)
+    add('6. overload: p99 of successes, adaptive vs unprotected', '≤ 0.5×', p99, `${fixed(p99)}×`, '', p99 <= 0.5)
+  }
+  const t = results.otel
+  if (t?.rounds !== undefined) {
+    const cost = 1 - ratioOf(t, 'otel counter on', 'otel counter off', 'rps')
+    const noise = ratioOf(t, 'otel counter off A/A', 'otel counter off', 'rps')
+    add('7. cost of the OpenTelemetry counter', '≤ 3 %', cost, percent(cost), Number.isFinite(noise) ? `A/A ${percent(1 - noise)}` : '', cost <= 0.03)
+  }
+  return rows
+}
+
+const SECTIONS = {
+  client: clientSection,
+  e2e: e2eSection,
+  failFast: failFastSection,
+  memory: memorySection,
+  hedging: hedgingSection,
+  overload: overloadSection,
+  otel: otelSection
+}
+
+function report (results, plan, about) {
+  const lines = []
+  lines.push(`# Benchmark results${about.quick ? ' (BENCH_QUICK=1 smoke run: short rounds, not for comparison)' : ''}`, '')
+  lines.push(`- Date: ${about.date}`)
+  lines.push(`- Node.js ${about.node}`)
+  lines.push(`- CPU: ${about.cpu}`)
+  lines.push(`- Pinning (taskset): ${about.pinning}`)
+  lines.push(`- Command: \`${about.command}\` (${Math.round(about.seconds)} s)`)
+  lines.push(`- Load average: ${about.load}`)
+  lines.push('- **The machine was shared**: other work ran on the same 2 cores during the run. Read the ratios (both sides measured in the same round)')
+  lines.push('  and the A/A controls (two identical contenders: their ratio is the noise), not the absolute req/s.', '')
+  const rows = targetRows(results)
+  if (rows.length > 0) {
+    lines.push('## Targets', '')
+    lines.push('| what | target | measured | noise (A/A) | met |')
+    lines.push('| --- | --- | --- | --- | --- |')
+    for (const row of rows) lines.push(`| ${row.map(cell).join(' | ')} |`)
+    lines.push('')
+  }
+  for (const [name, section] of Object.entries(SECTIONS)) {
+    const result = results[name]
+    if (result === undefined) continue
+    if (result.error !== undefined) {
+      lines.push(`## ${name}: failed`, '', cell(result.error), '')
+      continue
+    }
+    lines.push(...section(result, plan[name]))
+  }
+  return lines.join('\n')
+}
+
+/** The hedging phase's latency CDFs: every round thin, the median round (by p99) bold. */
+function hedgingSvg (phase, plan, about) {
+  const series = []
+  for (const name of Object.keys(Object.assign({}, ...phase.rounds))) {
+    const list = resultsOf(phase, name).filter((result) => result.cdf !== undefined)
+    if (list.length === 0) continue
+    const byP99 = [...list].sort((a, b) => a.p99 - b.p99)
+    const middle = byP99[(byP99.length - 1) >> 1]
+    series.push({ label: `${name} (p99 ${fixed(middle.p99)} ms, p99.9 ${fixed(middle.p999)} ms)`, rounds: list.map((result) => result.cdf), median: middle.cdf })
+  }
+  return cdfSvg(
+    'Hedging on a heavy-tail upstream: latency CDF',
+    `2 % of requests take 50-200 ms; concurrency ${plan.concurrency}; ${phase.rounds.length} round(s) of ${plan.durationMs / 1000} s; Node.js ${about.node.split(' ')[0]}; ${about.date.slice(0, 10)}; shared machine`,
+    series
+  )
+}
+
+module.exports = { report, hedgingSvg }
