@@ -3,7 +3,10 @@ import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { test } from 'tap'
-import { DEFAULT_BREAKER, DEFAULT_CONNECTIONS, DEFAULT_RETRY, DEFAULT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT } from '../lib/options'
+import {
+  DEFAULT_BREAKER, DEFAULT_CONNECTIONS, DEFAULT_HEDGE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_OUTLIER, DEFAULT_RETRY, DEFAULT_TIMEOUT,
+  DEFAULT_TOTAL_TIMEOUT, resolveClientOptions, resolvePluginOptions
+} from '../lib/options'
 
 // The README's ```ts and ```js blocks are compiled against the published
 // types and, when marked `<!-- readme-test: run -->`, run (as tsc emitted
@@ -115,9 +118,13 @@ function toReadmeLocations (output: string): string {
     `README.md:${Number(fence) + Number(line)}:${column}`)
 }
 
-/** A default as the README's tables write it (`10_000`, `'full'`, `{ ratio: 0.2 }`), as a value. */
+/**
+ * A default as the README's tables write it (`10_000`, `'full'`, `{ ratio: 0.2 }`), as a value.
+ * A cell with words around its value (`` `10_000` (or `totalTimeout` ...) ``) is read by its first code span.
+ */
 function parseDefault (cell: string): unknown {
-  const json = cell.replace(/`/g, '')
+  const span = /^`([^`]+)`/.exec(cell)
+  const json = (span === null ? cell : span[1])
     .replace(/(\d)_(\d)/g, '$1$2')
     .replace(/'/g, '"')
     .replace(/([A-Za-z]\w*):/g, '"$1":')
@@ -184,8 +191,14 @@ test('the README documents the defaults the code has', async (t) => {
   t.equal(parseDefault(client.get('timeout') ?? ''), DEFAULT_TIMEOUT)
   t.equal(parseDefault(client.get('totalTimeout') ?? ''), DEFAULT_TOTAL_TIMEOUT)
   t.same(parseDefault(client.get('pool') ?? ''), { connections: DEFAULT_CONNECTIONS })
+  t.equal(parseDefault(client.get('maxInFlight') ?? ''), DEFAULT_MAX_IN_FLIGHT)
+  const resolved = resolveClientOptions('probe', { baseUrl: 'http://127.0.0.1' }, '')
+  t.equal(parseDefault(client.get('hedge') ?? ''), resolved.hedge, 'hedging is off by default')
+  t.equal(parseDefault(client.get('adaptiveConcurrency') ?? ''), resolved.adaptiveConcurrency, 'the adaptive limit is off by default')
+  t.equal(resolved.outlierDetection, false, 'one baseUrl: no outlier detection')
+  t.match(client.get('outlierDetection'), /with replicas/, 'outlier detection is on with replicas')
   t.same([...client.keys()], ['baseUrl', 'timeout', 'totalTimeout', 'defaultHeaders', 'propagateRequestId', 'retry',
-    'circuitBreaker', 'pool', 'maxResponseBytes', 'dispatcher'])
+    'circuitBreaker', 'pool', 'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection'])
 
   const retry = tableDefaults(markdown, '### `retry`')
   const { lowestRetryStatus, ...retryDefaults } = DEFAULT_RETRY
@@ -201,6 +214,44 @@ test('the README documents the defaults the code has', async (t) => {
     t.same(parseDefault(breaker.get(option) ?? ''), value, `circuitBreaker.${option} defaults to ${value}`)
   }
 
+  const hedge = tableDefaults(markdown, '### `hedge`')
+  t.same([...hedge.keys()].sort(), Object.keys(DEFAULT_HEDGE).sort(), 'every hedge option has a row')
+  for (const [option, value] of Object.entries(DEFAULT_HEDGE)) {
+    t.same(parseDefault(hedge.get(option) ?? ''), value, `hedge.${option} defaults to ${JSON.stringify(value)}`)
+  }
+
+  const outlier = tableDefaults(markdown, '### `outlierDetection`')
+  t.same([...outlier.keys()].sort(), Object.keys(DEFAULT_OUTLIER).sort(), 'every outlierDetection option has a row')
+  const withReplicas = resolveClientOptions('probe', { baseUrl: ['http://127.0.0.1:1', 'http://127.0.0.1:2'] }, '')
+  t.same(withReplicas.outlierDetection, DEFAULT_OUTLIER, 'on by default with replicas')
+  for (const [option, value] of Object.entries(DEFAULT_OUTLIER)) {
+    t.same(parseDefault(outlier.get(option) ?? ''), value, `outlierDetection.${option} defaults to ${value}`)
+  }
+
+  const adaptive = tableDefaults(markdown, '### `adaptiveConcurrency`')
+  const adaptiveDefaults = resolveClientOptions('probe', { baseUrl: 'http://127.0.0.1', adaptiveConcurrency: true }, '').adaptiveConcurrency
+  t.same([...adaptive.keys()].sort(), Object.keys(adaptiveDefaults).sort(), 'every adaptiveConcurrency option has a row')
+  if (adaptiveDefaults !== false) {
+    t.equal(parseDefault(adaptive.get('initial') ?? ''), adaptiveDefaults.initial)
+    t.equal(parseDefault(adaptive.get('min') ?? ''), adaptiveDefaults.min)
+    t.equal(adaptiveDefaults.max, DEFAULT_MAX_IN_FLIGHT, 'max follows maxInFlight')
+    t.match(adaptive.get('max'), /^`maxInFlight`/)
+  }
+  const unlimited = resolveClientOptions('probe', { baseUrl: 'http://127.0.0.1', maxInFlight: false, adaptiveConcurrency: true }, '').adaptiveConcurrency
+  t.equal(unlimited === false ? undefined : unlimited.max, 1_000, 'max without maxInFlight')
+  t.match(adaptive.get('max'), /`1_000` when `maxInFlight` is `false`/, 'the README says so')
+
+  const deadline = tableDefaults(markdown, '### `deadline`')
+  const deadlineDefaults = resolvePluginOptions({ clients: { probe: { baseUrl: 'http://127.0.0.1' } }, deadline: true }).deadline
+  t.same([...deadline.keys()].sort(), Object.keys(deadlineDefaults).sort(), 'every deadline option has a row')
+  for (const [option, value] of Object.entries(deadlineDefaults)) {
+    t.same(parseDefault(deadline.get(option) ?? ''), value, `deadline.${option} defaults to ${JSON.stringify(value)}`)
+  }
+
   const plugin = tableDefaults(markdown, '### Plugin options')
-  t.same([...plugin.keys()], ['clients', 'defaults', 'requestIdHeader', 'echoRequestId', 'propagateHeaders'])
+  t.same([...plugin.keys()], ['clients', 'defaults', 'requestIdHeader', 'echoRequestId', 'propagateHeaders', 'deadline'])
+  const pluginDefaults = resolvePluginOptions({ clients: { probe: { baseUrl: 'http://127.0.0.1' } } })
+  for (const option of ['requestIdHeader', 'echoRequestId', 'propagateHeaders', 'deadline'] as const) {
+    t.same(parseDefault(plugin.get(option) ?? ''), pluginDefaults[option], `${option} defaults to ${JSON.stringify(pluginDefaults[option])}`)
+  }
 })
