@@ -8,6 +8,7 @@ import {
   CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError, OverloadedError, TimeoutError, UpstreamError
 } from './errors'
 import type { ClientEvents, RetrySkipReason } from './events'
+import { hasHeader, withoutHeader } from './headers'
 import type { LatencyTracker } from './hedging'
 import type { Logger } from './logger'
 import type { ResolvedBreaker } from './options'
@@ -209,8 +210,10 @@ export class Call implements AttemptOwner, TimedEntry {
     if (header === undefined && !otherOrigin) return options
     const own: Dispatcher.DispatchOptions & { headers: string[] } = { ...options, origin: upstream.origin }
     if (header !== undefined) {
-      // Forwarded as the whole ms left when this attempt is sent, at least 1.
-      own.headers = [...options.headers, header, String(Math.max(1, Math.floor((this.request.deadlineAt as number) - now)))]
+      // Forwarded as the whole ms left when this attempt is sent, at least 1; a default value for it gives way.
+      const headers = hasHeader(options.headers, header) ? withoutHeader(options.headers, header) : options.headers.slice()
+      headers.push(header, String(Math.max(1, Math.floor((this.request.deadlineAt as number) - now))))
+      own.headers = headers
     }
     return own
   }

@@ -60,3 +60,12 @@ export function mergeHeaderLists (first: HeaderList, second: HeaderList): Header
   }
   return merged
 }
+
+/** A copy of `list` without the entries named `name`. */
+export function withoutHeader (list: HeaderList, name: string): HeaderList {
+  const kept: HeaderList = []
+  for (let i = 0; i < list.length; i += 2) {
+    if (list[i] !== name) kept.push(list[i], list[i + 1])
+  }
+  return kept
+}

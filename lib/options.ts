@@ -415,6 +415,11 @@ export function resolvePluginOptions (options: unknown): ResolvedPluginOptions {
     })
   }
   const deadline = resolveDeadline(given.deadline, requestIdHeader, fail)
+  // The deadline header is forwarded with what is left, never copied as it came in.
+  if (deadline !== false) {
+    const index = propagateHeaders.indexOf(deadline.header)
+    if (index >= 0) fail(`propagateHeaders.${index}`, `must not name the deadline header (${deadline.header}): each call forwards the ms it has left on it`)
+  }
   return Object.freeze({ clients: resolved, requestIdHeader, echoRequestId, propagateHeaders: Object.freeze(propagateHeaders), deadline })
 }
 

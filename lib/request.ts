@@ -35,6 +35,7 @@ const CALL_OPTIONS = ['query', 'headers', 'json', 'body', 'signal', 'timeout', '
 const REQUEST_OPTIONS = [...CALL_OPTIONS, 'method', 'path']
 const HEDGED_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
 const JSON_CONTENT_TYPE = 'application/json'
+const NO_HEADERS: HeaderList = []
 
 function isStreamBody (body: unknown): boolean {
   return typeof body === 'object' && body !== null &&
@@ -52,6 +53,7 @@ function withInboundHeaders (headers: HeaderList, inbound: InboundContext | unde
 }
 
 /** The header to forward the ms left on: none when the request has no deadline (there is nothing to forward). */
+/** The header to forward the deadline on, unless the call's own headers (not the defaults) set it. */
 function deadlineHeaderFor (inbound: InboundContext | undefined, headers: HeaderList): string | undefined {
   const header = inbound?.deadlineHeader
   return header === undefined || inbound?.deadlineAt === undefined || hasHeader(headers, header) ? undefined : header
@@ -89,7 +91,7 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
       signal: undefined,
       inbound,
       deadlineAt: inbound?.deadlineAt,
-      deadlineHeader: deadlineHeaderFor(inbound, headers)
+      deadlineHeader: deadlineHeaderFor(inbound, NO_HEADERS)
     }
   }
   if (typeof options !== 'object' || options === null) fail('options', `must be an object, got ${describe(options)}`)
@@ -102,7 +104,8 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
   }
 
   let headers = settings.defaultHeaders
-  if (options.headers !== undefined) headers = mergeHeaderLists(toHeaderList(options.headers, 'headers', fail), headers)
+  const ownHeaders = options.headers === undefined ? NO_HEADERS : toHeaderList(options.headers, 'headers', fail)
+  if (ownHeaders.length > 0) headers = mergeHeaderLists(ownHeaders, headers)
 
   let body: Dispatcher.DispatchOptions['body']
   let replayable = true
@@ -165,6 +168,6 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
     signal,
     inbound,
     deadlineAt: followed?.deadlineAt,
-    deadlineHeader: deadlineHeaderFor(followed, headers)
+    deadlineHeader: deadlineHeaderFor(followed, ownHeaders)
   }
 }

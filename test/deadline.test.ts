@@ -359,3 +359,24 @@ test('memory stays flat across 50,000 calls with distinct deadlines and timeouts
   const growth = figures.after - figures.before
   t.ok(growth < 5 * 1024 * 1024, `heap after GC grew by ${(growth / 1024 / 1024).toFixed(2)} MB over 50,000 calls`)
 })
+
+test('a default header of the deadline\'s name gives way to the ms left; propagating it is refused', async (t) => {
+  const upstream = await upstreamFor(t, answerOk)
+  const { app } = await appWith(t, {
+    deadline: true,
+    clients: { api: { baseUrl: upstream.url, defaultHeaders: { [HEADER]: '999999' } } }
+  }, (app) => {
+    app.get('/r', async () => {
+      await (await app.httpClients.api.get('/x')).text()
+      return { ok: true }
+    })
+  })
+  t.equal((await app.inject({ url: '/r', headers: { [HEADER]: '1000' } })).statusCode, 200)
+  const sent = upstream.hits[0].headers[HEADER]
+  t.ok(typeof sent === 'string' && Number(sent) <= 1000, `one value, what was left: ${String(sent)}`)
+
+  const refused = Fastify()
+  t.teardown(() => refused.close())
+  const error = await rejection(refused.register(resilientHttp, { deadline: true, propagateHeaders: ['traceparent', HEADER], clients: { api: { baseUrl: upstream.url } } }).ready())
+  t.match(error, { code: 'FRH_INVALID_OPTIONS', option: 'propagateHeaders.1' })
+})
