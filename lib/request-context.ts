@@ -26,9 +26,6 @@ export interface InboundContext {
   readonly log: Logger
 }
 
-/** @deprecated The name of {@link InboundContext} before deadlines. */
-export type OutboundContext = InboundContext
-
 /** What {@link installRequestContext} needs from the resolved plugin options. */
 export interface RequestContextSettings {
   readonly requestIdHeader: string
@@ -85,9 +82,6 @@ export function currentInboundContext (): InboundContext | undefined {
   if (context !== undefined || !ownStorageInUse) return context as InboundContext | undefined
   return ownStorage.getStore()?.[kInbound] as InboundContext | undefined
 }
-
-/** @deprecated The name of {@link currentInboundContext} before deadlines. */
-export const currentOutboundContext = currentInboundContext
 
 /** The id of the inbound request being served, or `undefined` outside a request. */
 export function currentRequestId (): string | undefined {
