@@ -5,7 +5,7 @@ import { type CircuitBreaker, Permit, type PermitValue, Verdict, type VerdictVal
 import type { Clock, RandomSource } from './clock'
 import type { ConcurrencyLimit } from './concurrency'
 import {
-  CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError, OverloadedError, TimeoutError, UpstreamError
+  type CallDetails, CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError, OverloadedError, TimeoutError, UpstreamError
 } from './errors'
 import type { ClientEvents, RetrySkipReason } from './events'
 import { hasHeader, withoutHeader } from './headers'
@@ -143,8 +143,8 @@ export class Call implements AttemptOwner, TimedEntry {
       host.counters.overloaded++
       this.#state = State.Settled
       const limit = host.limit.limit
-      host.events.overloaded({ client: this.clientName, method: this.method, path: this.path, limit })
-      this.reject(withoutStack(() => new OverloadedError(this, limit)))
+      host.events.overloaded(this.clientName, this.method, this.path, limit)
+      this.reject(withoutStack(OverloadedError, this, limit))
       return promise
     }
     host.counters.requests++
@@ -160,9 +160,9 @@ export class Call implements AttemptOwner, TimedEntry {
       if (permit === Permit.Denied) {
         host.counters.shortCircuited++
         const remainingMs = host.breaker.remainingMs(now)
-        host.events.shortCircuited({ client: this.clientName, method: this.method, path: this.path, remainingMs })
+        host.events.shortCircuited(this.clientName, this.method, this.path, remainingMs)
         this.#settle()
-        this.reject(withoutStack(() => new CircuitOpenError(this, remainingMs)))
+        this.reject(withoutStack(CircuitOpenError, this, remainingMs))
         return promise
       }
     }
@@ -527,10 +527,10 @@ function loserReason (): Error {
 }
 
 /** Refusals come fast and in bulk (open circuit, overload): skip the stack trace. */
-function withoutStack<E> (make: () => E): E {
+function withoutStack<E> (ErrorClass: new (details: CallDetails, figure: number) => E, details: CallDetails, figure: number): E {
   const limit = Error.stackTraceLimit
   Error.stackTraceLimit = 0
-  const error = make()
+  const error = new ErrorClass(details, figure)
   Error.stackTraceLimit = limit
   return error
 }

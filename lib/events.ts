@@ -151,14 +151,14 @@ export class ClientEvents {
     if (channels.circuit.hasSubscribers) channels.circuit.publish(event)
   }
 
-  /** Refusals come in bulk while the circuit is open: published, not logged. */
-  shortCircuited (event: ShortCircuitedEvent): void {
-    if (channels.shortCircuited.hasSubscribers) channels.shortCircuited.publish(event)
+  /** Refusals come in bulk while the circuit is open: published (the event made only for a subscriber), not logged. */
+  shortCircuited (client: string, method: string, path: string, remainingMs: number): void {
+    if (channels.shortCircuited.hasSubscribers) channels.shortCircuited.publish({ client, method, path, remainingMs } satisfies ShortCircuitedEvent)
   }
 
-  /** Refusals come in bulk under overload: published, not logged. */
-  overloaded (event: OverloadedEvent): void {
-    if (channels.overloaded.hasSubscribers) channels.overloaded.publish(event)
+  /** Refusals come in bulk under overload: published (the event made only for a subscriber), not logged. */
+  overloaded (client: string, method: string, path: string, limit: number): void {
+    if (channels.overloaded.hasSubscribers) channels.overloaded.publish({ client, method, path, limit } satisfies OverloadedEvent)
   }
 
   deadlineExceeded (event: DeadlineExceededEvent, log = this.#log): void {
