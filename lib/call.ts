@@ -9,7 +9,7 @@ import {
 } from './errors'
 import type { ClientEvents, RetrySkipReason } from './events'
 import { hasHeader, withoutHeader } from './headers'
-import type { LatencyTracker } from './hedging'
+import { LatencyTracker } from './hedging'
 import type { Logger } from './logger'
 import type { ResolvedBreaker } from './options'
 import { errorCode, isDrop, isRetryStatus, isTransientError, statusVerdict } from './outcome'
@@ -31,7 +31,8 @@ export interface CallHost extends AttemptHost {
   readonly budget: RetryBudget | null
   readonly limit: ConcurrencyLimit
   readonly replicas: ReplicaSet
-  readonly latency: LatencyTracker | null
+  /** Made on the first call hedged with `'auto'` (the client's option or a call's own). */
+  latency: LatencyTracker | null
   readonly events: ClientEvents
   readonly log: Logger
   readonly counters: Counters
@@ -402,7 +403,8 @@ export class Call implements AttemptOwner, TimedEntry {
   #armHedge (now: number): void {
     const hedge = this.request.hedge
     if (hedge === false || this.timerIndex >= 0 || this.#hedgesSent >= hedge.maxHedges || !this.request.replayable) return
-    const delay = hedge.delayMs === 'auto' ? (this.host.latency?.p95 ?? Infinity) : hedge.delayMs
+    // A call's own 'auto' on a client that does not hedge by 'auto' starts the client's sampling.
+    const delay = hedge.delayMs === 'auto' ? (this.host.latency ??= new LatencyTracker()).p95 : hedge.delayMs
     if (delay === Infinity) return
     const at = now + delay
     if (at < this.#endsAt) this.host.timers.add(this, at)

@@ -40,7 +40,7 @@ export class ClientCore implements CallHost {
   readonly budget: RetryBudget | null
   readonly limit: ConcurrencyLimit
   readonly replicas: ReplicaSet
-  readonly latency: LatencyTracker | null
+  latency: LatencyTracker | null
   readonly events: ClientEvents
   readonly log: Logger
   readonly counters = new Counters()
