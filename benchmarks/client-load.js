@@ -108,6 +108,7 @@ async function main () {
     cpuPercent: (cpu.user + cpu.system) / 1e4 / seconds,
     // CPU time per successful call: what the client costs, whatever share of its core it got.
     cpuUsPerCall: (cpu.user + cpu.system) / requests,
+    callsPerCpuSecond: requests / ((cpu.user + cpu.system) / 1e6),
     upstreamCpuPercent,
     errors,
     windowErrors,

@@ -14,7 +14,7 @@ const VARIANTS = ['ours', 'ours A/A', 'ours + deadline', 'raw undici']
 // 5 s budget (read only by `ours + deadline`).
 const HEADERS = { 'x-request-id': 'bench-0b7c1e52', 'x-request-timeout-ms': '5000' }
 
-/** One variant, one round: answers { rps, p50, p99, errors, appCpuPercent, upstreamCpuPercent }. */
+/** One variant, one round: answers { rps, p50, p99, errors, appCpuPercent, appCpuUsPerRequest, requestsPerCpuSecond, upstreamCpuPercent }. */
 async function measureE2E (variant, origin, upstreamPid, settings) {
   const { child, message } = await startChild('e2e-app.js', [variant, origin, String(settings.connections)], { cpu: CLIENT_CPU })
   try {
@@ -24,12 +24,17 @@ async function measureE2E (variant, origin, upstreamPid, settings) {
     const appCpu = cpuMeter(child.pid)
     const upstreamCpu = cpuMeter(upstreamPid)
     const result = await autocannon({ url, headers: HEADERS, connections: settings.concurrency, pipelining: 1, duration: settings.durationMs / 1000 })
+    const appCpuPercent = appCpu.stop()
+    const rps = result.requests.total / result.duration
     return {
-      rps: result.requests.total / result.duration,
+      rps,
       p50: result.latency.p50,
       p99: result.latency.p99,
       errors: result.errors + result.timeouts + result.non2xx,
-      appCpuPercent: appCpu.stop(),
+      appCpuPercent,
+      // The app's CPU time per request: what a route costs, whatever share of its core it got.
+      appCpuUsPerRequest: appCpuPercent * 1e4 / rps,
+      requestsPerCpuSecond: rps / (appCpuPercent / 100),
       upstreamCpuPercent: upstreamCpu.stop()
     }
   } finally {

@@ -37,7 +37,7 @@ const OTEL = ['otel counter off', 'otel counter off A/A', 'otel counter on']
 // and the report says how many it did.
 const scale = QUICK ? 0.5 : 1
 const PLAN = {
-  client: { rounds: QUICK ? 2 : 5, warmupMs: 500, durationMs: 1_500 * scale, budgetMs: 75_000 * scale, concurrency: 64 },
+  client: { rounds: QUICK ? 2 : 8, warmupMs: 400, durationMs: 1_000 * scale, budgetMs: 80_000 * scale, concurrency: 64 },
   e2e: { rounds: QUICK ? 1 : 3, warmupMs: 1_000, durationMs: 3_000 * scale, budgetMs: 70_000 * scale, concurrency: 64 },
   failFast: { rounds: QUICK ? 1 : 3, warmupMs: 200, durationMs: 800, budgetMs: 30_000 * scale },
   memory: { firstCalls: 10_000, totalCalls: QUICK ? 50_000 : 200_000, capMs: 30_000 * scale, distinctTimeouts: 20_000, concurrency: 64 },
