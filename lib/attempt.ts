@@ -163,10 +163,6 @@ export class Attempt implements Sendable, TimedEntry {
     this.#controller = controller
   }
 
-  onRequestUpgrade (controller: DispatchController): void {
-    controller.abort(new Error('fastify-resilient-http does not handle protocol upgrades'))
-  }
-
   onResponseStart (controller: DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
     if (this.phase === Phase.Done) return
     this.#controller = controller

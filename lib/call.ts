@@ -58,8 +58,6 @@ function captureSettlers (resolve: (response: HttpResponse) => void, reject: (er
   call.reject = reject
 }
 
-function noop (): void {}
-
 /** A failure's short name for logs: `status 503`, `ECONNRESET`, `timeout`. */
 function describeFailure (attempt: Attempt): string {
   if (attempt.error === undefined) return `status ${attempt.statusCode}`
@@ -74,8 +72,9 @@ function describeFailure (attempt: Attempt): string {
  * whether and when to retry in retry.ts.
  */
 export class Call implements AttemptOwner, TimedEntry {
-  resolve: (response: HttpResponse) => void = noop
-  reject: (error: unknown) => void = noop
+  // Set by the promise executor in start(), before anything can settle the call.
+  resolve!: (response: HttpResponse) => void
+  reject!: (error: unknown) => void
   readonly host: CallHost
   readonly request: PreparedRequest
   readonly clientName: string
@@ -118,10 +117,6 @@ export class Call implements AttemptOwner, TimedEntry {
     this.#totalEndsAt = now + request.totalTimeout
     const deadlineAt = request.deadlineAt
     this.#endsAt = deadlineAt !== undefined && deadlineAt < this.#totalEndsAt ? deadlineAt : this.#totalEndsAt
-  }
-
-  get settled (): boolean {
-    return this.#state === State.Settled
   }
 
   /** Starts the call and returns its promise. */
