@@ -84,9 +84,9 @@ export class CircuitBreaker {
     return this.#state
   }
 
-  /** Milliseconds until the circuit half-opens; 0 once it has. */
+  /** Whole milliseconds until the circuit half-opens (rounded up: 0 only once it has). */
   remainingMs (now: number): number {
-    return this.#state === 'open' ? Math.max(0, this.#openUntil - now) : 0
+    return this.#state === 'open' ? Math.max(0, Math.ceil(this.#openUntil - now)) : 0
   }
 
   #open (now: number, ms: number, cause: CircuitCause): void {
