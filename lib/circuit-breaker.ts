@@ -72,10 +72,12 @@ export class CircuitBreaker {
     }
   }
 
-  /** The upstream asked every caller to wait `ms` (`Retry-After`): open until then, unless already open longer. */
+  /**
+   * The upstream asked every caller to wait `ms` (`Retry-After`): open until
+   * exactly then. Its word wins over the failure count's `recoveryMs`, so the
+   * call that got the answer finds the circuit half-open when its wait ends.
+   */
   openFor (ms: number, now: number): void {
-    const until = now + ms
-    if (this.#state === 'open' && this.#openUntil >= until) return
     this.#open(now, ms, 'retry-after')
   }
 
