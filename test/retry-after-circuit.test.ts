@@ -218,3 +218,17 @@ test('in real time: Retry-After: 1 fails other calls fast, then the retry closes
   t.equal(client.stats().circuit, 'closed')
   await poolIdle(client)
 })
+
+test('a Retry-After wins over the failure threshold\'s recoveryMs: the circuit opens until the time asked', async (t) => {
+  const upstream = await timedUpstream(t, firstThenOk({ status: 503, headers: { 'retry-after': '1' } }))
+  const clock = new ManualClock()
+  const client = clocked(t, upstream, clock, { circuitBreaker: { failureThreshold: 1, recoveryMs: RECOVERY } })
+  const first = client.get('/quote')
+  await untilTimer(clock, 1_000)
+  t.equal((await circuitOpenError(client.get('/other'))).remainingMs, 1_000, 'not RECOVERY: the upstream asked for one second')
+  clock.advance(1_000)
+  const res = await first
+  t.equal(res.statusCode, 200, 'the retry is the probe')
+  t.equal(client.stats().circuit, 'closed')
+  await poolIdle(client)
+})
