@@ -148,8 +148,8 @@ export function createHttpClient (options: CreateHttpClientOptions): HttpClient 
   if (typeof options !== 'object' || options === null) throw new InvalidOptionsError('options', `must be an object, got ${describe(options)}`)
   const { name, logger, ...clientOptions } = options
   if (typeof name !== 'string' || name === '') throw new InvalidOptionsError('name', `must be a non-empty string, got ${describe(name)}`)
-  if (logger !== undefined && (typeof logger !== 'object' || logger === null || typeof logger.child !== 'function')) {
-    throw new InvalidOptionsError('logger', 'must be a pino-compatible logger (with child())', name)
+  if (logger !== undefined && (typeof logger !== 'object' || logger === null || typeof logger.info !== 'function' || typeof logger.warn !== 'function')) {
+    throw new InvalidOptionsError('logger', 'must be a pino-compatible logger (with info() and warn())', name)
   }
   return new HttpClient(resolveClientOptions(name, clientOptions, ''), logger ?? silentLogger)
 }

@@ -2,7 +2,6 @@
 export interface Logger {
   info(obj: object, msg?: string): void
   warn(obj: object, msg?: string): void
-  child(bindings: Record<string, unknown>): Logger
 }
 
 function noop (): void {}
@@ -10,8 +9,5 @@ function noop (): void {}
 /** Used when `createHttpClient()` is given no logger. */
 export const silentLogger: Logger = {
   info: noop,
-  warn: noop,
-  child () {
-    return silentLogger
-  }
+  warn: noop
 }

@@ -52,7 +52,6 @@ export class Upstream {
   #busy = false
   #head: Sendable | null = null
   #tail: Sendable | null = null
-  #queued = 0
 
   constructor (origin: string, dispatcher: Dispatcher, owned: boolean) {
     this.origin = origin
@@ -60,10 +59,6 @@ export class Upstream {
     this.owned = owned
     // undici's own signal that a connection is free again: the queue moves on then.
     if (owned) dispatcher.on('drain', () => { this.#onDrain() })
-  }
-
-  get queued (): number {
-    return this.#queued
   }
 
   /** Sends the attempt now if the pool has a connection free for it, else queues it. */
@@ -78,7 +73,6 @@ export class Upstream {
     if (this.#tail === null) this.#head = attempt
     else this.#tail.queueNext = attempt
     this.#tail = attempt
-    this.#queued++
   }
 
   /** `dispatch()` returned false: the pool took the attempt but has no connection free for another. */
@@ -95,7 +89,6 @@ export class Upstream {
     else next.queuePrev = prev
     attempt.queuePrev = null
     attempt.queueNext = null
-    this.#queued--
     this.inFlight--
   }
 
@@ -112,7 +105,6 @@ export class Upstream {
       if (this.#head === null) this.#tail = null
       else this.#head.queuePrev = null
       attempt.queueNext = null
-      this.#queued--
       attempt.dispatch(this.dispatcher, true)
     }
   }

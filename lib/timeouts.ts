@@ -33,10 +33,6 @@ export class TimerHeap {
     this.#clock = clock
   }
 
-  get size (): number {
-    return this.#heap.length
-  }
-
   add (entry: TimedEntry, at: number): void {
     const heap = this.#heap
     entry.timerAt = at

@@ -385,7 +385,7 @@ test('createHttpClient validates its own options', async (t) => {
     ['name missing', { baseUrl: BASE }, 'name'],
     ['name empty', { name: '', baseUrl: BASE }, 'name'],
     ['name a number', { name: 7, baseUrl: BASE }, 'name'],
-    ['logger without child()', { name: 'users', baseUrl: BASE, logger: { info () {} } }, 'logger'],
+    ['logger without warn()', { name: 'users', baseUrl: BASE, logger: { info () {} } }, 'logger'],
     ['logger a string', { name: 'users', baseUrl: BASE, logger: 'console' }, 'logger'],
     ['baseUrl missing', { name: 'users' }, 'baseUrl'],
     ['baseUrl with a query', { name: 'users', baseUrl: 'http://users/?a=1' }, 'baseUrl'],

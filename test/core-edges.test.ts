@@ -1,0 +1,78 @@
+import Fastify from 'fastify'
+import { test, type Test } from 'tap'
+import type { Dispatcher } from 'undici'
+import resilientHttp, { createHttpClient, type HttpClient, UpstreamError } from '../plugin'
+import './helpers/fastify-types'
+import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
+
+async function upstreamFor (t: Test, handler: Parameters<typeof startUpstream>[0]): Promise<Upstream> {
+  const upstream = await startUpstream(handler)
+  t.teardown(() => upstream.close())
+  return upstream
+}
+
+function clientFor (t: Test, baseUrl: string, options: Record<string, unknown> = {}): HttpClient {
+  const client = createHttpClient({ name: 'edges', baseUrl, retry: false, ...options })
+  t.teardown(() => client.close())
+  return client
+}
+
+test('a given dispatcher that throws: the call rejects with UpstreamError, nothing is left running', async (t) => {
+  const broken = { dispatch (): boolean { throw new Error('dispatcher is broken') } } as unknown as Dispatcher
+  const client = clientFor(t, 'http://127.0.0.1:9', { dispatcher: broken })
+  const error = await rejection(client.get('/x'))
+  t.ok(error instanceof UpstreamError, 'UpstreamError')
+  t.match((error as UpstreamError).cause, { message: 'dispatcher is broken' })
+  t.equal(client.stats().inFlight, 0)
+  t.equal(client.stats().pool, undefined, 'a dispatcher that keeps no stats has none to show')
+})
+
+test('a large 2xx body nobody reads yet is held back, then read whole', async (t) => {
+  const big = 'x'.repeat(512 * 1024)
+  const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { big }))
+  const client = clientFor(t, upstream.url)
+  const res = await client.get('/big')
+  // Let the body arrive past the unread high-water mark before anyone reads it.
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  const body = await res.json<{ big: string }>()
+  t.equal(body.big.length, big.length)
+  t.equal((await res.text()).length, JSON.stringify({ big }).length, 'a body that arrived whole reads the same again')
+})
+
+test('a body that failed before anyone read it: json() and body report the failure', async (t) => {
+  const upstream = await upstreamFor(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': 100 })
+    res.write('{"partial":')
+    setTimeout(() => res.socket?.destroy(), 10)
+  })
+  const client = clientFor(t, upstream.url)
+  const first = await client.get('/cut')
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.ok(await rejection(first.json()) instanceof UpstreamError, 'json() rejects with UpstreamError')
+  const second = await client.get('/cut')
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const error = await new Promise((resolve) => second.body.on('error', resolve).resume())
+  t.ok(error instanceof UpstreamError, 'the stream made afterwards errors with UpstreamError')
+})
+
+test('a complete body that is not JSON: json() rejects with the parse error', async (t) => {
+  const upstream = await upstreamFor(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end('{not json')
+  })
+  const client = clientFor(t, upstream.url)
+  const res = await client.get('/bad')
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  t.type(await rejection(res.json()), SyntaxError)
+})
+
+test('fastify.httpClients reads as undefined for names generic code probes for', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { api: { baseUrl: 'http://127.0.0.1:9' } } })
+  await app.ready()
+  const clients = app.httpClients as unknown as Record<string, unknown>
+  t.equal(clients.then, undefined, 'not a thenable')
+  t.equal(clients.toJSON, undefined)
+  t.equal(await Promise.resolve(app.httpClients), app.httpClients, 'awaiting it is harmless')
+})
