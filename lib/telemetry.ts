@@ -57,6 +57,7 @@ function otelApi (): Api | null {
     // An optional peer dependency: when it is absent, nothing is loaded.
     require.resolve('@opentelemetry/api')
     otel = require('@opentelemetry/api') as Api
+    /* c8 ignore next 3: the package's own tests have the API installed; test/telemetry.test.ts proves this path in a child process, which records no coverage */
   } catch {
     otel = null
   }
