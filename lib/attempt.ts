@@ -89,8 +89,6 @@ export class Attempt implements Sendable, TimedEntry {
   error: unknown = undefined
   statusCode = 0
   headers: IncomingHttpHeaders | null = null
-  /** When response headers came, in the client clock's ms; 0 before. */
-  headersAt = 0
   size = 0
 
   // Queue and timer entries.
@@ -168,7 +166,6 @@ export class Attempt implements Sendable, TimedEntry {
     this.#controller = controller
     this.statusCode = statusCode
     this.headers = headers
-    this.headersAt = this.host.clock.now()
     const limit = this.host.maxResponseBytes
     if (limit !== undefined && this.owner.method !== 'HEAD' && Number(headers['content-length']) > limit) {
       this.cancel(Cut.TooLarge, new ResponseTooLargeError(this.owner, limit))

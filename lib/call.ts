@@ -244,7 +244,7 @@ export class Call implements AttemptOwner, TimedEntry {
 
   onAttemptHeaders (attempt: Attempt): boolean {
     const host = this.host
-    host.latency?.record(attempt.headersAt - attempt.startedAt)
+    if (host.latency !== null) host.latency.record(host.clock.now() - attempt.startedAt)
     if (this.#state === State.Settled) return false
     const status = attempt.statusCode
     if (status < 200 || status >= 300 || isRetryStatus(status, this.request.retry)) return false
@@ -305,14 +305,15 @@ export class Call implements AttemptOwner, TimedEntry {
   /** Tells the breaker, the replica set, the adaptive limit and the latency tracker, once per attempt. */
   #judge (attempt: Attempt, verdict: VerdictValue): void {
     const host = this.host
-    const now = host.clock.now()
-    if (attempt.cut === Cut.Loser && attempt.headersAt === 0) host.latency?.record(now - attempt.startedAt)
+    const status = attempt.error === undefined ? attempt.statusCode : 0
+    // A plain success needs no clock read: the breaker and the replica set only time failures.
+    const now = verdict === Verdict.Success && status !== 429 ? 0 : host.clock.now()
+    if (attempt.cut === Cut.Loser && attempt.headers === null) host.latency?.record(now - attempt.startedAt)
     const breaker = host.breaker
     breaker?.record(attempt.permit, verdict, now)
     host.replicas.record(attempt.upstream, verdict, now)
     if (verdict === Verdict.None) return
-    const status = attempt.error === undefined ? attempt.statusCode : 0
-    host.limit.onAttempt(isDrop(status, attempt.error, attempt.cut === Cut.Timeout))
+    if (host.limit.adaptive) host.limit.onAttempt(isDrop(status, attempt.error, attempt.cut === Cut.Timeout))
     const settings = host.breakerSettings
     if (breaker !== null && settings !== false && settings.openOnRetryAfter && (status === 429 || status === 503)) {
       const asked = askedWait(this.request.retry, status, attempt.headers?.['retry-after'], this.#wallNow())

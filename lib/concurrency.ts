@@ -25,6 +25,11 @@ export class ConcurrencyLimit {
     this.#onChange = onChange
   }
 
+  /** The adaptive limit is on: attempts' ends move it. */
+  get adaptive (): boolean {
+    return this.#adaptive !== false
+  }
+
   /** The limit in force. */
   get limit (): number {
     return Math.min(this.#max, this.#adaptiveLimit)
