@@ -525,7 +525,7 @@ function loserReason (): Error {
 }
 
 /** Refusals come fast and in bulk (open circuit, overload): skip the stack trace. */
-function withoutStack<E> (ErrorClass: new (details: CallDetails, figure: number) => E, details: CallDetails, figure: number): E {
+export function withoutStack<E> (ErrorClass: new (details: CallDetails, figure: number) => E, details: CallDetails, figure: number): E {
   const limit = Error.stackTraceLimit
   Error.stackTraceLimit = 0
   const error = new ErrorClass(details, figure)

@@ -44,6 +44,11 @@ export class CircuitBreaker {
     this.#onTransition = onTransition
   }
 
+  /** The circuit is open and stays so at `now`: `acquire()` would refuse. Changes nothing. */
+  refuses (now: number): boolean {
+    return this.#state === 'open' && now < this.#openUntil
+  }
+
   acquire (now: number): PermitValue {
     if (this.#state === 'closed') return Permit.Pass
     if (this.#state === 'open') {

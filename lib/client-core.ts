@@ -1,18 +1,20 @@
 import type { Attempt } from './attempt'
-import type { Call, CallHost } from './call'
+import { type Call, type CallHost, withoutStack } from './call'
 import { CircuitBreaker } from './circuit-breaker'
 import { type Clock, type RandomSource, systemClock } from './clock'
 import { ConcurrencyLimit } from './concurrency'
-import { ClientClosedError } from './errors'
+import { CircuitOpenError, ClientClosedError } from './errors'
 import { ClientEvents } from './events'
 import { LatencyTracker } from './hedging'
 import type { Logger } from './logger'
 import type { ResolvedBreaker, ResolvedClientOptions } from './options'
 import { createUpstreams } from './pool'
 import { ReplicaSet } from './replicas'
+import type { InboundContext } from './request-context'
 import { RetryBudget } from './retry-budget'
 import { Counters } from './stats'
 import { TimerHeap } from './timeouts'
+import { PathRefusal, sendablePath } from './url'
 
 /** Injected for tests: the clock and the random source behind waits, budget and breaker. */
 export interface ClientInternals {
@@ -76,6 +78,27 @@ export class ClientCore implements CallHost {
     this.latency = settings.hedge !== false && settings.hedge.delayMs === 'auto' ? new LatencyTracker() : null
   }
 
+  /**
+   * An open circuit refuses calls in bulk: a call without options that the
+   * stages before the breaker would let through (its deadline not passed,
+   * under the limit) is refused here as `Call.start()` would refuse it, but
+   * without a prepared request or a call made for it. `undefined` when the
+   * call must take the full path.
+   */
+  refuseWhileOpen (method: string, path: string, inbound: InboundContext | undefined): Promise<never> | undefined {
+    const breaker = this.breaker
+    if (breaker === null) return undefined
+    const now = this.clock.now()
+    if (!breaker.refuses(now) || this.limit.inFlight >= this.limit.limit) return undefined
+    if (inbound?.deadlineAt !== undefined && inbound.deadlineAt <= now) return undefined
+    if (!isSendable(path)) return undefined
+    this.counters.requests++
+    this.counters.shortCircuited++
+    const remainingMs = breaker.remainingMs(now)
+    this.events.shortCircuited(this.name, method, path, remainingMs)
+    return Promise.reject(withoutStack(CircuitOpenError, { clientName: this.name, method, path, attempts: 0 }, remainingMs))
+  }
+
   // Attempts not over yet, bodies included, in an intrusive list: close cuts them after its grace period.
   trackAttempt (attempt: Attempt): void {
     attempt.liveNext = this.#liveHead
@@ -136,5 +159,16 @@ export class ClientCore implements CallHost {
       clearTimeout(timer)
       if (!closed) await upstream.destroy(this.name)
     }))
+  }
+}
+
+/** The path would be sent (a refused one takes the full path, to its InvalidRequestError). */
+function isSendable (path: string): boolean {
+  try {
+    sendablePath(path)
+    return true
+  } catch (error) {
+    if (error instanceof PathRefusal) return false
+    throw error
   }
 }

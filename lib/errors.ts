@@ -20,19 +20,19 @@ const kBrand = Symbol.for('fastify-resilient-http.error')
 /** Base class of every error raised by fastify-resilient-http. */
 export class HttpClientError extends Error {
   /** Stable machine-readable code, `FRH_*`. */
-  readonly code: string
+  declare readonly code: string
   /**
    * The status to answer with when this error escapes a route handler
    * (Fastify's error handler reads it): 502, 503 or 504 of our own, or 500,
    * never an upstream's status.
    */
-  readonly statusCode: number
+  declare readonly statusCode: number
   /** The client that raised the error (absent for plugin-level option errors). */
-  readonly clientName: string | undefined
-  readonly method: string | undefined
-  readonly path: string | undefined
+  declare readonly clientName: string | undefined
+  declare readonly method: string | undefined
+  declare readonly path: string | undefined
   /** Attempts made before the error, where the error ends a call. */
-  readonly attempts: number | undefined
+  declare readonly attempts: number | undefined
 
   constructor (code: string, message: string, details: CallDetails, statusCode = 500) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause })
@@ -66,7 +66,7 @@ function describeCall (details: CallDetails): string {
 /** The circuit is open, or half-open with its probes taken: nothing was sent. */
 export class CircuitOpenError extends HttpClientError {
   /** Milliseconds until the circuit half-opens (0 when half-open and its probes are taken). */
-  readonly remainingMs: number
+  declare readonly remainingMs: number
 
   constructor (details: CallDetails, remainingMs: number) {
     const state = remainingMs > 0
@@ -80,7 +80,7 @@ export class CircuitOpenError extends HttpClientError {
 /** Over `maxInFlight` or the adaptive concurrency limit: nothing was sent. */
 export class OverloadedError extends HttpClientError {
   /** The limit on calls in flight that was reached. */
-  readonly limit: number
+  declare readonly limit: number
 
   constructor (details: CallDetails, limit: number) {
     super('FRH_OVERLOADED', `${describeCall(details)} refused: ${limit} calls already in flight`, details, 503)
@@ -99,9 +99,9 @@ const TIMEOUT_NAMES: Record<TimeoutKind, string> = {
 
 /** An attempt (`timeout`), the whole call (`totalTimeout`) or the inbound request's deadline ran out. */
 export class TimeoutError extends HttpClientError {
-  readonly kind: TimeoutKind
+  declare readonly kind: TimeoutKind
   /** The timeout that fired, in milliseconds (for `'deadline'`, the time the call was given). */
-  readonly timeoutMs: number
+  declare readonly timeoutMs: number
 
   constructor (details: CallDetails, kind: TimeoutKind, timeoutMs: number) {
     super('FRH_TIMEOUT', `${describeCall(details)} timed out: ${TIMEOUT_NAMES[kind]} of ${timeoutMs} ms (attempt ${details.attempts})`, details, 504)
@@ -124,9 +124,9 @@ export class UpstreamError extends HttpClientError {
  */
 export class HttpStatusError extends HttpClientError {
   /** The status the upstream answered with. */
-  readonly upstreamStatusCode: number
+  declare readonly upstreamStatusCode: number
   /** The first KiB of the response body, as text. Never part of the message. */
-  readonly body: string
+  declare readonly body: string
   /** The response itself (not enumerable, so loggers do not walk its stream). */
   declare readonly response: HttpResponse | undefined
 
@@ -147,7 +147,7 @@ export class InvalidRequestError extends HttpClientError {
 
 /** A response body larger than `maxResponseBytes`. */
 export class ResponseTooLargeError extends HttpClientError {
-  readonly limit: number
+  declare readonly limit: number
 
   constructor (details: CallDetails, limit: number) {
     super('FRH_RESPONSE_TOO_LARGE', `${describeCall(details)} response body exceeds maxResponseBytes (${limit})`, details, 502)
@@ -164,7 +164,7 @@ export class ClientClosedError extends HttpClientError {
 
 /** Bad options at registration; `option` is the dotted path of the culprit. */
 export class InvalidOptionsError extends HttpClientError {
-  readonly option: string
+  declare readonly option: string
 
   constructor (option: string, reason: string, clientName?: string) {
     super('FRH_INVALID_OPTIONS', `Invalid option ${option}${clientName === undefined ? '' : ` of client "${clientName}"`}: ${reason}`, { clientName }, 500)

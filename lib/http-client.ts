@@ -130,9 +130,14 @@ export class HttpClient {
   #send (method: string, path: string, options: CallOptions | undefined, isRequest: boolean): Promise<HttpResponse> {
     const core = this.#core
     if (core.closed) return Promise.reject(new ClientClosedError({ clientName: this.name, method, path }))
+    const inbound = currentInboundContext()
     let call: Call
     try {
-      call = new Call(core, prepareRequest(core.settings, method, path, options, currentInboundContext(), isRequest), core.clock.now())
+      if (options === undefined && core.breaker !== null) {
+        const refused = core.refuseWhileOpen(method, path, inbound)
+        if (refused !== undefined) return refused
+      }
+      call = new Call(core, prepareRequest(core.settings, method, path, options, inbound, isRequest), core.clock.now())
     } catch (error) {
       return Promise.reject(error)
     }

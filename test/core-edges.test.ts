@@ -1,7 +1,8 @@
 import Fastify from 'fastify'
 import { test, type Test } from 'tap'
 import type { Dispatcher } from 'undici'
-import resilientHttp, { createHttpClient, type HttpClient, UpstreamError } from '../plugin'
+import diagnosticsChannel from 'node:diagnostics_channel'
+import resilientHttp, { CHANNELS, CircuitOpenError, createHttpClient, type HttpClient, InvalidRequestError, TimeoutError, UpstreamError } from '../plugin'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
 
@@ -89,4 +90,39 @@ test('without an OpenTelemetry context API, retries and queued attempts still go
   t.equal(first.statusCode, 200)
   t.equal(second.statusCode, 200)
   t.equal(first.attempts + second.attempts, 3, 'one of them was retried')
+})
+
+test('while the circuit is open a call without options is refused like any other', async (t) => {
+  const client = clientFor(t, 'http://127.0.0.1:9', { circuitBreaker: { failureThreshold: 1, recoveryMs: 60_000 } })
+  await rejection(client.get('/open-it'))
+  t.equal(client.stats().circuit, 'open')
+  const published: unknown[] = []
+  const listener = (message: unknown): void => { published.push(message) }
+  diagnosticsChannel.subscribe(CHANNELS.shortCircuited, listener)
+  t.teardown(() => diagnosticsChannel.unsubscribe(CHANNELS.shortCircuited, listener))
+
+  const refused = await rejection(client.get('/x'))
+  t.ok(refused instanceof CircuitOpenError, 'CircuitOpenError')
+  t.match(refused, { clientName: 'edges', method: 'GET', path: '/x', statusCode: 503 })
+  t.ok((refused as CircuitOpenError).remainingMs > 0 && (refused as CircuitOpenError).remainingMs <= 60_000)
+  t.ok(await rejection(client.get('/../admin')) instanceof InvalidRequestError, 'a path that cannot be sent is still refused as such')
+  t.ok(await rejection(client.get('/x', {})) instanceof CircuitOpenError, 'with options too')
+  t.same(published, [
+    { client: 'edges', method: 'GET', path: '/x', remainingMs: (refused as CircuitOpenError).remainingMs },
+    { client: 'edges', method: 'GET', path: '/x', remainingMs: (published[1] as { remainingMs: number })?.remainingMs }
+  ])
+  t.equal(client.stats().shortCircuited, 2)
+  t.equal(client.stats().requests, 3)
+
+  // A request whose deadline has passed hears of its deadline, not of the circuit.
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { open: { baseUrl: 'http://127.0.0.1:9', retry: false, circuitBreaker: { failureThreshold: 1, recoveryMs: 60_000 } } } })
+  app.get('/late', { config: { deadlineMs: 1 } }, async (request) => {
+    await rejection(request.server.httpClients.open.get('/open-it'))
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    const error = await rejection(request.server.httpClients.open.get('/x'))
+    return { deadline: error instanceof TimeoutError && error.kind === 'deadline' }
+  })
+  t.same((await app.inject({ url: '/late' })).json(), { deadline: true })
 })
