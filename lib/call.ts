@@ -244,7 +244,9 @@ export class Call implements AttemptOwner, TimedEntry {
 
   onAttemptHeaders (attempt: Attempt): boolean {
     const host = this.host
-    if (host.latency !== null) host.latency.record(host.clock.now() - attempt.startedAt)
+    // First tries and retries only: hedges go out when the upstream is already slow, and their
+    // quick answers would pull the percentile down and send ever more of them.
+    if (host.latency !== null && !attempt.isHedge) host.latency.record(host.clock.now() - attempt.startedAt)
     if (this.#state === State.Settled) return false
     const status = attempt.statusCode
     if (status < 200 || status >= 300 || isRetryStatus(status, this.request.retry)) return false
@@ -308,7 +310,7 @@ export class Call implements AttemptOwner, TimedEntry {
     const status = attempt.error === undefined ? attempt.statusCode : 0
     // A plain success needs no clock read: the breaker and the replica set only time failures.
     const now = verdict === Verdict.Success && status !== 429 ? 0 : host.clock.now()
-    if (attempt.cut === Cut.Loser && attempt.headers === null) host.latency?.record(now - attempt.startedAt)
+    if (attempt.cut === Cut.Loser && attempt.headers === null && !attempt.isHedge) host.latency?.record(now - attempt.startedAt)
     const breaker = host.breaker
     breaker?.record(attempt.permit, verdict, now)
     host.replicas.record(attempt.upstream, verdict, now)
