@@ -218,7 +218,8 @@ test('maxHedges: 2 sends up to three attempts', async (t) => {
 
 test("'auto': no hedge before 100 samples, then only the slow tail is hedged", async (t) => {
   let slowIndex = -1
-  const upstream = await timedUpstream(t, (index) => index === slowIndex ? { delayMs: STALL, body: 'slow' } : { delayMs: 20, body: 'fast' })
+  // Fast answers spread over 10-19 ms, so the p95 sits at the top of a real spread rather than on one value.
+  const upstream = await timedUpstream(t, (index) => index === slowIndex ? { delayMs: STALL, body: 'slow' } : { delayMs: 10 + (index % 10), body: 'fast' })
   const client = hedgedClient(t, upstream, { hedge: { delayMs: 'auto' } })
   const batch = async (count: number): Promise<void> => {
     await Promise.all(Array.from({ length: count }, async () => { await (await client.get('/item')).text() }))
@@ -228,7 +229,8 @@ test("'auto': no hedge before 100 samples, then only the slow tail is hedged", a
   t.equal(upstream.hits.length, 100)
   for (let i = 0; i < 5; i++) await batch(10)
   const tailHedges = client.stats().hedges
-  t.ok(tailHedges <= 15, `few of the next 50 fast calls are hedged (${tailHedges})`)
+  // Only answers that a busy machine delays past the p95 are hedged: well under half.
+  t.ok(tailHedges <= 20, `few of the next 50 fast calls are hedged (${tailHedges})`)
 
   slowIndex = upstream.hits.length
   const started = performance.now()
