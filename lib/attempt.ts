@@ -295,6 +295,7 @@ export class Attempt implements Sendable, TimedEntry {
     if (this.#stream !== null) return this.#stream
     const stream = new Readable({ read: () => this.#resume() })
     this.#stream = stream
+    this.#read = true
     if (this.#first !== null) stream.push(this.bytes())
     this.#first = null
     if (this.phase === Phase.Done) {

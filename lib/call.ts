@@ -62,7 +62,8 @@ function captureSettlers (resolve: (response: HttpResponse) => void, reject: (er
 function describeFailure (attempt: Attempt): string {
   if (attempt.error === undefined) return `status ${attempt.statusCode}`
   if (attempt.cut === Cut.Timeout) return 'timeout'
-  return errorCode(attempt.error) ?? 'error'
+  // A transient transport failure always has a code: that is how it was found transient.
+  return String(errorCode(attempt.error))
 }
 
 /**
@@ -247,7 +248,7 @@ export class Call implements AttemptOwner, TimedEntry {
     // First tries and retries only: hedges go out when the upstream is already slow, and their
     // quick answers would pull the percentile down and send ever more of them.
     if (host.latency !== null && !attempt.isHedge) host.latency.record(host.clock.now() - attempt.startedAt)
-    if (this.#state === State.Settled) return false
+    // A settled call has cut its other attempts already: only a running call hears headers.
     const status = attempt.statusCode
     if (status < 200 || status >= 300 || isRetryStatus(status, this.request.retry)) return false
     // The hot path: a 2xx answer is judged now and handed out while its body comes.
@@ -284,7 +285,7 @@ export class Call implements AttemptOwner, TimedEntry {
         return
       case Cut.None:
         if (isTransientError(error)) this.#onTransientFailure(attempt)
-        else this.#fail(this.#transportError(error, attempt))
+        else this.#fail(this.#transportError(error))
         return
       default:
         this.#fail(error)
@@ -376,7 +377,7 @@ export class Call implements AttemptOwner, TimedEntry {
     this.#waitTimer = null
     const host = this.host
     host.waiting.delete(this)
-    if (this.#state !== State.Waiting) return
+    // Settling clears this timer: it fires only for a call still waiting.
     this.#state = State.Running
     // The timer may fire a hair before the time it was set for; the breaker must see the full wait.
     const now = Math.max(host.clock.now(), this.#retryAt)
@@ -394,7 +395,6 @@ export class Call implements AttemptOwner, TimedEntry {
 
   /** Cuts a wait between attempts (close, or the caller's abort). */
   cancelWait (error: unknown): void {
-    if (this.#state !== State.Waiting) return
     this.#fail(error)
   }
 
@@ -413,8 +413,8 @@ export class Call implements AttemptOwner, TimedEntry {
     const host = this.host
     if (this.#state !== State.Running || this.#running === null || host.draining || host.closed) return
     const now = host.clock.now()
+    // Armed only before the call's end (#armHedge): no hedge goes out past the deadline.
     if (host.breaker !== null && host.breaker.state(now) !== 'closed') return
-    if (now >= this.#endsAt) return
     if (host.budget !== null && !host.budget.tryAcquire(now)) return
     this.#hedgesSent++
     host.counters.hedges++
@@ -445,14 +445,13 @@ export class Call implements AttemptOwner, TimedEntry {
       this.#win(failure)
       return
     }
-    this.#fail(failure.error instanceof HttpClientError ? failure.error : this.#transportError(failure.error, failure))
+    this.#fail(failure.error instanceof HttpClientError ? failure.error : this.#transportError(failure.error))
   }
 
-  #transportError (error: unknown, attempt: Attempt): HttpClientError {
+  #transportError (error: unknown): HttpClientError {
     const details = { clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts, cause: error }
-    if (error instanceof HttpClientError) return error
     if (isRequestFault(error)) return new InvalidRequestError(details, (error as Error).message)
-    return new UpstreamError({ ...details, attempts: attempt.number > this.attempts ? attempt.number : this.attempts })
+    return new UpstreamError(details)
   }
 
   #fail (error: unknown, cut: CutValue = Cut.Loser): void {

@@ -14,7 +14,7 @@ import type { InboundContext } from './request-context'
 import { RetryBudget } from './retry-budget'
 import { Counters } from './stats'
 import { TimerHeap } from './timeouts'
-import { PathRefusal, sendablePath } from './url'
+import { sendablePath } from './url'
 
 /** Injected for tests: the clock and the random source behind waits, budget and breaker. */
 export interface ClientInternals {
@@ -85,9 +85,7 @@ export class ClientCore implements CallHost {
    * without a prepared request or a call made for it. `undefined` when the
    * call must take the full path.
    */
-  refuseWhileOpen (method: string, path: string, inbound: InboundContext | undefined): Promise<never> | undefined {
-    const breaker = this.breaker
-    if (breaker === null) return undefined
+  refuseWhileOpen (breaker: CircuitBreaker, method: string, path: string, inbound: InboundContext | undefined): Promise<never> | undefined {
     const now = this.clock.now()
     if (!breaker.refuses(now) || this.limit.inFlight >= this.limit.limit) return undefined
     if (inbound?.deadlineAt !== undefined && inbound.deadlineAt <= now) return undefined
@@ -109,7 +107,6 @@ export class ClientCore implements CallHost {
 
   untrackAttempt (attempt: Attempt): void {
     const { livePrev: prev, liveNext: next } = attempt
-    if (prev === null && this.#liveHead !== attempt) return
     if (prev === null) this.#liveHead = next
     else prev.liveNext = next
     if (next !== null) next.livePrev = prev
@@ -143,11 +140,10 @@ export class ClientCore implements CallHost {
       })
       clearTimeout(grace)
       this.#onIdle = null
-      for (let attempt = this.#liveHead; attempt !== null; attempt = this.#liveHead) {
-        (attempt.owner as Call).destroy()
-        // A body handed out but never read: its attempt goes with its call.
-        if (this.#liveHead === attempt) this.untrackAttempt(attempt)
-      }
+      const calls = new Set<Call>()
+      for (let attempt = this.#liveHead; attempt !== null; attempt = attempt.liveNext) calls.add(attempt.owner as Call)
+      // Each call cuts its attempts, bodies still streaming included; each cut attempt leaves the list.
+      for (const call of calls) call.destroy()
     }
     this.timers.stop()
     await Promise.all(this.replicas.upstreams.map(async (upstream) => {
@@ -167,8 +163,7 @@ function isSendable (path: string): boolean {
   try {
     sendablePath(path)
     return true
-  } catch (error) {
-    if (error instanceof PathRefusal) return false
-    throw error
+  } catch {
+    return false
   }
 }

@@ -134,7 +134,7 @@ export class HttpClient {
     let call: Call
     try {
       if (options === undefined && core.breaker !== null) {
-        const refused = core.refuseWhileOpen(method, path, inbound)
+        const refused = core.refuseWhileOpen(core.breaker, method, path, inbound)
         if (refused !== undefined) return refused
       }
       call = new Call(core, prepareRequest(core.settings, method, path, options, inbound, isRequest), core.clock.now())

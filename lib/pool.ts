@@ -114,7 +114,6 @@ export class Upstream {
     if (own === undefined || own === null) return undefined
     // A Pool keeps its counters itself; an Agent keeps them per origin, and drops an origin it has no connection to.
     const stats = typeof own.connected === 'number' ? own as PoolStats : (own as Record<string, PoolStats>)[this.origin] ?? NO_CONNECTIONS
-    if (typeof stats.connected !== 'number') return undefined
     return { connected: stats.connected, free: stats.free, pending: stats.pending, queued: stats.queued, running: stats.running, size: stats.size }
   }
 

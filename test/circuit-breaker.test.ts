@@ -301,3 +301,23 @@ test('breaker transitions are published with the time left', async (t) => {
     ['half-open', 'closed', 0]
   ])
 })
+
+test('a probe the caller aborts frees its slot: the next call probes', async (t) => {
+  const upstream = await scriptedUpstream(t, 500)
+  const clock = new ManualClock()
+  const client = breakerClient(t, upstream.url, clock, { circuitBreaker: { failureThreshold: 1, recoveryMs: RECOVERY, halfOpenMaxProbes: 1 } })
+  await statuses(client, 1)
+  clock.advance(RECOVERY)
+  upstream.mode = 'hold'
+  const controller = new AbortController()
+  const aborted = rejection(client.get('/pay', { signal: controller.signal }))
+  await until(() => upstream.held.length === 1, 'the probe at the upstream')
+  t.ok(await rejection(client.get('/pay')) instanceof CircuitOpenError, 'its slot is taken while it runs')
+  controller.abort()
+  t.equal(await aborted, controller.signal.reason, 'the probe rejects with the signal\'s reason')
+  t.equal(client.stats().circuit, 'half-open', 'an aborted probe says nothing of the upstream')
+  upstream.mode = 200
+  upstream.release(200)
+  t.equal((await client.get('/pay')).statusCode, 200, 'the next call is the probe')
+  t.equal(client.stats().circuit, 'closed')
+})

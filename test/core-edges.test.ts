@@ -126,3 +126,91 @@ test('while the circuit is open a call without options is refused like any other
   })
   t.same((await app.inject({ url: '/late' })).json(), { deadline: true })
 })
+
+test('a connection made after its attempt timed out is not used for it: the late request is aborted unsent', async (t) => {
+  const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, {}))
+  const net = await import('node:net')
+  // A connector that connects, but only after 300 ms.
+  const late = (options: { hostname: string, port: string }, callback: (error: Error | null, socket: unknown) => void): void => {
+    setTimeout(() => {
+      const socket = net.connect(Number(options.port), options.hostname, () => callback(null, socket))
+    }, 300)
+  }
+  const client = clientFor(t, upstream.url, { pool: { connect: late } })
+  const error = await rejection(client.get('/x', { timeout: 100 }))
+  t.ok(error instanceof TimeoutError, 'the attempt timed out while connecting')
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  t.equal(upstream.hits.length, 0, 'the request was not sent once the connection came')
+})
+
+test('a streamed body is read with backpressure', async (t) => {
+  const chunk = 'y'.repeat(64 * 1024)
+  const upstream = await upstreamFor(t, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' })
+    for (let i = 0; i < 32; i++) res.write(chunk)
+    res.end()
+  })
+  const client = clientFor(t, upstream.url)
+  const res = await client.get('/stream')
+  const body = res.body
+  t.equal(res.body, body, 'one stream per response')
+  let size = 0
+  for await (const part of body) {
+    size += (part as Buffer).length
+    // A slow reader: the controller is paused and resumed as the stream drains.
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.equal(size, 32 * chunk.length)
+  t.equal((await rejection(res.json()) as Error).name, 'TypeError', 'a streamed body cannot be read again')
+})
+
+test('one body, one reader at a time; a finished body can still be had as a stream', async (t) => {
+  const upstream = await upstreamFor(t, (req, res) => {
+    if (req.url === '/slow') {
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.write('{"a":')
+      setTimeout(() => res.end('1}'), 100)
+      return
+    }
+    sendJson(res, 200, { done: true })
+  })
+  const client = clientFor(t, upstream.url)
+  const slow = await client.get('/slow')
+  const first = slow.json()
+  t.equal((await rejection(slow.text()) as Error).name, 'TypeError', 'a second reader while the first waits')
+  t.same(await first, { a: 1 })
+  const done = await client.get('/done')
+  await new Promise((resolve) => setTimeout(resolve, 20))
+  let text = ''
+  for await (const part of done.body) text += String(part)
+  t.same(JSON.parse(text), { done: true })
+})
+
+test('a body whose length does not match its content-length header is an InvalidRequestError, not an upstream failure', async (t) => {
+  const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, {}))
+  const client = clientFor(t, upstream.url, { circuitBreaker: { failureThreshold: 1, recoveryMs: 60_000 } })
+  const error = await rejection(client.post('/x', { body: 'abc', headers: { 'content-length': '10' } }))
+  t.ok(error instanceof InvalidRequestError, 'InvalidRequestError')
+  t.equal(client.stats().circuit, 'closed', 'the breaker does not count it')
+})
+
+test('a queued attempt that times out leaves the queue without disturbing the others', async (t) => {
+  let release = (): void => {}
+  const held = new Promise<void>((resolve) => { release = resolve })
+  const upstream = await upstreamFor(t, async (req, res) => {
+    if (req.url === '/hold') await held
+    sendJson(res, 200, { url: req.url })
+  })
+  const client = clientFor(t, upstream.url, { pool: { connections: 1 } })
+  const first = client.get('/hold')
+  while (upstream.hits.length === 0) await new Promise((resolve) => setTimeout(resolve, 5))
+  const second = client.get('/second')
+  const middle = rejection(client.get('/middle', { timeout: 100 }))
+  const third = client.get('/third')
+  t.ok(await middle instanceof TimeoutError, 'the middle one timed out in the queue')
+  release()
+  t.same((await (await first).json()), { url: '/hold' })
+  t.same((await (await second).json()), { url: '/second' })
+  t.same((await (await third).json()), { url: '/third' })
+  t.same(upstream.hits.map((hit) => hit.url), ['/hold', '/second', '/third'])
+})

@@ -372,3 +372,14 @@ test('no unhandled rejection in this file', async (t) => {
   await sleep(20)
   t.same(unhandled, [])
 })
+
+test('a first try that fails before the hedge delay: its retry waits, and no hedge goes out for it meanwhile', async (t) => {
+  const upstream = await timedUpstream(t, (index) => index === 0 ? { status: 503, body: 'busy' } : { body: 'fine' })
+  const client = hedgedClient(t, upstream, { hedge: { delayMs: 100 }, retry: { backoffInitialMs: 300, jitter: 'none' } })
+  const res = await client.get('/item')
+  t.equal(await res.text(), 'fine')
+  t.equal(res.attempts, 2, 'the first try and its retry')
+  t.equal(client.stats().hedges, 0, 'no hedge during the wait')
+  t.equal(client.stats().retries, 1)
+  await poolIdle(client)
+})
