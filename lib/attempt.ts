@@ -155,7 +155,7 @@ export class Attempt implements Sendable, TimedEntry {
   onRequestStart (controller: DispatchController): void {
     if (this.phase === Phase.Done) {
       // Cut before undici got to it: it must not be sent now.
-      controller.abort(this.error instanceof Error ? this.error : new Error('attempt cancelled'))
+      controller.abort(asError(this.error))
       return
     }
     this.#controller = controller
@@ -243,7 +243,7 @@ export class Attempt implements Sendable, TimedEntry {
       this.#dispatched = false
     } else if (this.#controller !== null) {
       // undici reports the abort through onResponseError, in undici 7 at once.
-      this.#controller.abort(reason instanceof Error ? reason : new Error(String(reason)))
+      this.#controller.abort(asError(reason))
       if ((this.phase as PhaseValue) === Phase.Done) return
     }
     this.onResponseError(null, reason as Error)
@@ -282,7 +282,6 @@ export class Attempt implements Sendable, TimedEntry {
       if (this.error !== undefined) return Promise.reject(this.#bodyError())
       return Promise.resolve(this.bytes())
     }
-    if (this.#reader !== null) return Promise.reject(new TypeError('the response body is already being read'))
     const promise = new Promise<Buffer>(captureSettlers)
     this.#reader = settlersBeingMade
     settlersBeingMade = null
@@ -338,3 +337,8 @@ export class Attempt implements Sendable, TimedEntry {
 }
 
 const EMPTY = Buffer.alloc(0)
+
+/** undici aborts with an Error; a caller's signal may carry any reason. */
+function asError (reason: unknown): Error {
+  return reason instanceof Error ? reason : new Error(String(reason))
+}

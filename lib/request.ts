@@ -5,7 +5,7 @@ import { type HeaderList, hasHeader, mergeHeaderLists, toHeaderList } from './he
 import { DEFAULT_RETRY, type ResolvedClientOptions, type ResolvedHedge, type ResolvedRetry, resolveHedge, resolveRetry } from './options'
 import type { InboundContext } from './request-context'
 import type { CallOptions } from './types'
-import { PathRefusal, queryString, sendablePath } from './url'
+import { queryString, sendablePath } from './url'
 import { checkDuration, checkKeys, describe, type Fail, hasForbiddenHeaderChars } from './validate'
 
 /** Everything a call sends and decides by, made once from the caller's arguments. */
@@ -73,8 +73,8 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
   try {
     sendPath = settings.basePath + sendablePath(path)
   } catch (error) {
-    if (error instanceof PathRefusal) throw new InvalidRequestError({ clientName: settings.name, method, path: String(path) }, error.message)
-    throw error
+    // sendablePath() throws only a PathRefusal, whose message says why.
+    throw new InvalidRequestError({ clientName: settings.name, method, path: String(path) }, (error as Error).message)
   }
   if (options === undefined) {
     const headers = withInboundHeaders(settings.defaultHeaders, inbound, settings)

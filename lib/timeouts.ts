@@ -42,9 +42,9 @@ export class TimerHeap {
     if (at < this.#armedAt) this.#schedule(at)
   }
 
+  /** Takes `entry` out; it must be in the heap (`timerIndex >= 0`). */
   remove (entry: TimedEntry): void {
     const index = entry.timerIndex
-    if (index < 0) return
     entry.timerIndex = -1
     const heap = this.#heap
     const last = heap.pop() as TimedEntry

@@ -214,3 +214,16 @@ test('a queued attempt that times out leaves the queue without disturbing the ot
   t.same((await (await third).json()), { url: '/third' })
   t.same(upstream.hits.map((hit) => hit.url), ['/hold', '/second', '/third'])
 })
+
+test('a caller may abort with any reason; a call option deadline other than false is refused', async (t) => {
+  const upstream = await upstreamFor(t, () => {})
+  const client = clientFor(t, upstream.url)
+  const controller = new AbortController()
+  const call = rejection(client.get('/hang', { signal: controller.signal }))
+  while (upstream.hits.length === 0) await new Promise((resolve) => setTimeout(resolve, 5))
+  controller.abort('the user went away')
+  t.equal(await call, 'the user went away', 'rejects with the reason as given')
+  const refused = await rejection(client.get('/x', { deadline: true as unknown as false }))
+  t.ok(refused instanceof InvalidRequestError)
+  t.match((refused as Error).message, /deadline must be false/)
+})
