@@ -5,7 +5,7 @@ import resilientHttp, {
   createHttpClient, requestIdGenerator, resilientHttp as named,
   CircuitOpenError, HttpClientError, TimeoutError, InvalidOptionsError, HttpStatusError, OverloadedError,
   type HttpClient, type HttpResponse, type ClientStats, type PluginOptions, type ClientOptions, type CallOptions,
-  type TimeoutKind
+  type TimeoutKind, currentDeadline, resendCountSpanHook, type ReplicaStats, type HedgeEvent
 } from 'fastify-resilient-http'
 
 declare module 'fastify-resilient-http' {
@@ -136,4 +136,16 @@ test('plugin options', () => {
   expect({ clients: { a: { baseUrl: 'http://x' } }, deadline: { header: 'x-budget-ms', forward: false } }).type.toBeAssignableTo<PluginOptions>()
   expect({ clients: { a: { baseUrl: 'http://x' } }, deadline: { header: 42 } }).type.not.toBeAssignableTo<PluginOptions>()
   expect({ clients: { a: { baseUrl: 'http://x' } }, deadline: 800 }).type.not.toBeAssignableTo<PluginOptions>()
+})
+
+test('deadlines, replicas, hedges and the span hook', () => {
+  expect(currentDeadline()).type.toBe<number | undefined>()
+  expect(resendCountSpanHook()).type.toBe<Readonly<Record<string, number>>>()
+  const stats = createHttpClient({ name: 'users', baseUrl: 'http://a:1' }).stats()
+  expect(stats.replicas).type.toBe<ReplicaStats[]>()
+  expect(stats.concurrencyLimit).type.toBe<number | undefined>()
+  expect<HedgeEvent>().type.toBeAssignableFrom({ client: 'c', method: 'GET', path: '/', attempt: 2, delayMs: 50 })
+  const app = Fastify()
+  app.get('/x', { config: { deadlineMs: 800 } }, async () => ({}))
+  expect(app.get).type.not.toBeCallableWith('/x', { config: { deadlineMs: '800' } }, async () => ({}))
 })
