@@ -62,7 +62,8 @@ export class ReplicaSet {
         else if (slot === 1) second = upstream
       }
     }
-    if (first === null) return tried === null ? this.#leastLoaded(null) : this.choose(null, now)
+    // Every untried replica is out: any replica not ejected will do (never all are).
+    if (first === null) return tried === null ? upstreams[0] : this.choose(null, now)
     if (second === null) return first
     if (second.inFlight !== first.inFlight) return second.inFlight < first.inFlight ? second : first
     // The reservoir keeps the pair in index order: a tie (idle replicas) is broken at random, or the later one never wins.
@@ -109,14 +110,5 @@ export class ReplicaSet {
       this.#ejectedCount--
       this.#events.replica({ client: this.#clientName, origin: upstream.origin, ejected: false, ejectionMs: 0, ejections: upstream.ejections })
     }
-  }
-
-  #leastLoaded (tried: readonly Upstream[] | null): Upstream {
-    let best = this.upstreams[0]
-    for (const upstream of this.upstreams) {
-      if (tried !== null && tried.includes(upstream)) continue
-      if (upstream.inFlight < best.inFlight) best = upstream
-    }
-    return best
   }
 }

@@ -113,6 +113,7 @@ export function installTelemetry (): void {
   if (installed) return
   installed = true
   const api = otelApi()
+  /* c8 ignore next: without the API (the child process of test/telemetry.test.ts) */
   if (api === null) return
   setOtelContextApi(api.context)
   subscribe(new EventCounter(api))
@@ -126,6 +127,7 @@ export function installTelemetry (): void {
  */
 export function propagatorFields (): readonly string[] {
   const api = otelApi()
+  /* c8 ignore next: without the API (the child process of test/telemetry.test.ts) */
   if (api === null) return []
   return api.propagation.fields().map((field) => field.toLowerCase())
 }

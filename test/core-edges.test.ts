@@ -227,3 +227,20 @@ test('a caller may abort with any reason; a call option deadline other than fals
   t.ok(refused instanceof InvalidRequestError)
   t.match((refused as Error).message, /deadline must be false/)
 })
+
+test('a given undici Agent: its per-origin stats are the client\'s pool stats; pool connector options pass through', async (t) => {
+  const { Agent } = await import('undici')
+  const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, {}))
+  const agent = new Agent()
+  t.teardown(() => agent.close())
+  const viaAgent = clientFor(t, upstream.url, { dispatcher: agent })
+  await (await viaAgent.get('/x')).text()
+  t.match(viaAgent.stats().pool, { connected: 1, running: 0 })
+  const own = clientFor(t, upstream.url, { pool: { autoSelectFamily: false, connectTimeout: 1_000 } })
+  t.equal((await own.get('/y')).statusCode, 200)
+})
+
+test('a Retry-After date that does not parse sets no wait', async (t) => {
+  const { retryAfterDelay } = await import('../lib/backoff')
+  t.equal(retryAfterDelay('Mon, 99 Foo 2024 99:99:99 GMT', 0), undefined)
+})
