@@ -64,28 +64,52 @@ function otelApi (): Api | null {
   return otel
 }
 
+interface Tally {
+  readonly attributes: Attributes
+  count: number
+}
+
 /**
- * The counter on the current global meter provider. The metrics API has no
- * proxy: a meter got before the app registers its provider stays a no-op
- * forever. So the counter is made again whenever the provider changes;
- * events are rare, one lookup each is nothing.
+ * The counter on the current global meter provider, as an asynchronous
+ * (observable) counter: an event adds one to a tally of ours, and the SDK
+ * reads the tallies when it collects. Events come in bulk (a refusal per
+ * call while the circuit is open); hashing attributes in the SDK for each
+ * one would cost more than the event itself.
+ *
+ * The metrics API has no proxy: a meter got before the app registers its
+ * provider stays a no-op for good. So the counter is made again when the
+ * provider changes, and counting starts afresh with it.
  */
 class EventCounter {
   private provider: OtelApi.MeterProvider | null = null
-  private counter: OtelApi.Counter<Attributes> | null = null
+  private tallies = new Map<string, Tally>()
 
   constructor (private readonly api: Api) {}
 
-  add (attributes: Attributes): void {
+  add (name: string, client: string, reason: unknown): void {
     const provider = this.api.metrics.getMeterProvider()
-    if (provider !== this.provider || this.counter === null) {
-      this.provider = provider
-      this.counter = provider.getMeter(METER_NAME).createCounter(EVENTS_COUNTER_NAME, {
-        description: 'Resilience events of outbound HTTP calls: retries, hedges, circuit breaker transitions, refusals',
-        unit: '{event}'
-      })
+    if (provider !== this.provider) this.observeOn(provider)
+    const key = typeof reason === 'string' ? `${name}\n${client}\n${reason}` : `${name}\n${client}`
+    const tally = this.tallies.get(key)
+    if (tally !== undefined) {
+      tally.count++
+      return
     }
-    this.counter.add(1, attributes)
+    const attributes: Attributes = { 'event.name': name, 'client.name': client }
+    if (typeof reason === 'string') attributes.reason = reason
+    this.tallies.set(key, { attributes: Object.freeze(attributes), count: 1 })
+  }
+
+  private observeOn (provider: OtelApi.MeterProvider): void {
+    this.provider = provider
+    const tallies = new Map<string, Tally>()
+    this.tallies = tallies
+    provider.getMeter(METER_NAME).createObservableCounter(EVENTS_COUNTER_NAME, {
+      description: 'Resilience events of outbound HTTP calls: retries, hedges, circuit breaker transitions, refusals',
+      unit: '{event}'
+    }).addCallback((result) => {
+      for (const tally of tallies.values()) result.observe(tally.count, tally.attributes)
+    })
   }
 }
 
@@ -95,10 +119,7 @@ function subscribe (counter: EventCounter): void {
       const event = message as Payload
       const described = describe(event)
       if (described === null) return
-      const [name, reason] = described
-      const attributes: Attributes = { 'event.name': name, 'client.name': String(event.client) }
-      if (typeof reason === 'string') attributes.reason = reason
-      counter.add(attributes)
+      counter.add(described[0], String(event.client), described[1])
     })
   }
 }
