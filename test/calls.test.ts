@@ -9,15 +9,7 @@ import type { CallOptions } from '../lib/types'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
 import { dispatcherOption } from './helpers/dispatcher'
-
-/** Polls `check` every 10 ms for at most `ms`. */
-async function eventually (check: () => boolean, ms = 3_000): Promise<boolean> {
-  for (let waited = 0; waited < ms; waited += 10) {
-    if (check()) return true
-    await sleep(10)
-  }
-  return check()
-}
+import { eventually } from './helpers/wait'
 
 function echo (_req: IncomingMessage, res: ServerResponse, hit: { method: string, url: string }): void {
   sendJson(res, 200, { method: hit.method, url: hit.url })

@@ -1,4 +1,3 @@
-import diagnosticsChannel from 'node:diagnostics_channel'
 import type { ServerResponse } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
@@ -9,6 +8,7 @@ import type { HttpResponse } from '../lib/response'
 import { type ClockedClientOptions, ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
 import { sendJson, startUpstream, type Upstream, refusedPort, rejection } from './helpers/upstream'
 import { dispatcherOption } from './helpers/dispatcher'
+import { published } from './helpers/wait'
 
 const RECOVERY = 10_000
 const ATTEMPT_TIMEOUT = 50_000
@@ -60,14 +60,6 @@ async function statuses (client: HttpClient, count: number): Promise<number[]> {
   const seen: number[] = []
   for (let i = 0; i < count; i++) seen.push((await client.get('/pay')).statusCode)
   return seen
-}
-
-function listen<T> (t: Test, channel: string): T[] {
-  const events: T[] = []
-  const listener = (message: unknown): void => { events.push(message as T) }
-  diagnosticsChannel.subscribe(channel, listener)
-  t.teardown(() => { diagnosticsChannel.unsubscribe(channel, listener) })
-  return events
 }
 
 test('failureThreshold consecutive 5xx open the circuit: calls are refused at once, nothing is sent', async (t) => {
@@ -236,7 +228,7 @@ test('circuitBreaker: false never opens', async (t) => {
 
 test('a retry never runs into an open circuit', async (t) => {
   t.test('the failed attempt that opens the circuit ends its call', async (t) => {
-    const skipped = listen<RetrySkippedEvent>(t, CHANNELS.retrySkipped)
+    const skipped = published<RetrySkippedEvent>(t, CHANNELS.retrySkipped)
     const upstream = await scriptedUpstream(t, 503)
     const clock = new ManualClock()
     const client = breakerClient(t, upstream.url, clock, {
@@ -258,7 +250,7 @@ test('a retry never runs into an open circuit', async (t) => {
   })
 
   t.test('a circuit opened by another call during the wait ends the call, and nothing is sent', async (t) => {
-    const skipped = listen<RetrySkippedEvent>(t, CHANNELS.retrySkipped)
+    const skipped = published<RetrySkippedEvent>(t, CHANNELS.retrySkipped)
     const upstream = await scriptedUpstream(t, 503)
     const clock = new ManualClock()
     const client = breakerClient(t, upstream.url, clock, {
@@ -283,7 +275,7 @@ test('a retry never runs into an open circuit', async (t) => {
 })
 
 test('breaker transitions are published with the time left', async (t) => {
-  const events = listen<CircuitEvent>(t, CHANNELS.circuit)
+  const events = published<CircuitEvent>(t, CHANNELS.circuit)
   const upstream = await scriptedUpstream(t, 503)
   const clock = new ManualClock()
   const client = breakerClient(t, upstream.url, clock, { name: 'transitions', circuitBreaker: { failureThreshold: 1, recoveryMs: RECOVERY } })

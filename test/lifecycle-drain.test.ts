@@ -9,6 +9,7 @@ import resilientHttp, { ClientClosedError, requestIdGenerator } from '../plugin'
 import type { ClientOptions } from '../lib/types'
 import './helpers/fastify-types'
 import { type Handler, rejection, sendJson, startUpstream, type Upstream } from './helpers/upstream'
+import { eventually } from './helpers/wait'
 
 // Wall-clock bounds are deliberately loose: the machine running the suite may be busy.
 const SLACK_MS = 1_500
@@ -77,16 +78,6 @@ async function serve (t: Test, client: ClientOptions, routes: (app: FastifyInsta
       return { status: response.statusCode, body: await response.body.json() as Record<string, unknown> }
     }
   }
-}
-
-/** Waits until `check` holds, for at most `ms`. */
-async function eventually (check: () => boolean, ms: number): Promise<boolean> {
-  const until = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > until) return false
-    await sleep(10)
-  }
-  return true
 }
 
 const retrying = (line: LogLine): boolean => line.msg.startsWith('retrying ')

@@ -7,19 +7,10 @@ import resilientHttp, { CHANNELS, ClientClosedError, createHttpClient, type Retr
 import { runChildThatMustExit } from './helpers/child-process'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, rejection } from './helpers/upstream'
+import { eventually } from './helpers/wait'
 
 // Wall-clock bounds are deliberately loose: the machine running the suite may be busy.
 const SLACK_MS = 3000
-
-/** Polls `check` until it holds, for at most `ms`. */
-async function eventually (check: () => boolean, ms: number): Promise<boolean> {
-  const until = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > until) return false
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
-  return true
-}
 
 /** Resolves on the first retry the named client schedules (its wait has begun by then). */
 function nextRetryOf (clientName: string): Promise<RetryEvent> {

@@ -1,4 +1,3 @@
-import diagnosticsChannel from 'node:diagnostics_channel'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pino from 'pino'
 import { test, type Test } from 'tap'
@@ -11,14 +10,7 @@ import type { ClientOptions } from '../lib/types'
 import { ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
 import { poolIdle, type Step, timedUpstream, type TimedUpstream } from './helpers/timed-upstream'
 import { rejection } from './helpers/upstream'
-
-function subscribe<T> (t: Test, channel: string): T[] {
-  const events: T[] = []
-  const listener = (message: unknown): void => { events.push(message as T) }
-  diagnosticsChannel.subscribe(channel, listener)
-  t.teardown(() => diagnosticsChannel.unsubscribe(channel, listener))
-  return events
-}
+import { published } from './helpers/wait'
 
 function client (t: Test, upstream: TimedUpstream, options: ClientOptions = {}): HttpClient {
   const made = createHttpClient({ name: 'search', baseUrl: upstream.url, retry: false, circuitBreaker: false, ...options })
@@ -49,7 +41,7 @@ const SLOW = 1_000
 
 test(`maxInFlight: ${OFFERED} calls against ${LIMIT} on a slow upstream`, async (t) => {
   const upstream = await timedUpstream(t, () => ({ delayMs: SLOW, body: 'result' }))
-  const overloaded = subscribe<OverloadedEvent>(t, CHANNELS.overloaded)
+  const overloaded = published<OverloadedEvent>(t, CHANNELS.overloaded)
   const search = client(t, upstream, { maxInFlight: LIMIT, pool: { connections: CONNECTIONS }, timeout: 10_000 })
 
   const outcomes = Array.from({ length: OFFERED }, (_, i) => watch(search.get('/find', { query: { i } })))
@@ -181,7 +173,7 @@ test('the adaptive limit on a client: stats, the channel, a log line at most onc
   const upstream = await timedUpstream(t, () => ({ status: 503 }))
   const lines: Array<{ msg: string }> = []
   const logger = pino({ level: 'info' }, { write (line: string) { lines.push(JSON.parse(line) as { msg: string }) } })
-  const events = subscribe<ConcurrencyLimitEvent>(t, CHANNELS.concurrencyLimit)
+  const events = published<ConcurrencyLimitEvent>(t, CHANNELS.concurrencyLimit)
   const clock = new ManualClock()
   const adaptive = clockedClient({
     name: 'search',

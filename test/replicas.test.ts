@@ -7,6 +7,7 @@ import Fastify from 'fastify'
 import { test, type Test } from 'tap'
 import resilientHttp, { CHANNELS, createHttpClient, type HttpClient, InvalidOptionsError, InvalidRequestError, type ReplicaEvent } from '../plugin'
 import { rejection } from './helpers/upstream'
+import { eventually } from './helpers/wait'
 
 /** How a replica answers right now. */
 type Mode = 'ok' | 'unavailable'
@@ -122,16 +123,6 @@ async function sequentialGets (client: HttpClient, count: number): Promise<numbe
     if (response.statusCode !== 200) notOk++
   }
   return notOk
-}
-
-/** Polls `check` until it holds, for at most `ms`. */
-async function eventually (check: () => boolean, ms: number): Promise<boolean> {
-  const until = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > until) return false
-    await sleep(10)
-  }
-  return true
 }
 
 test('traffic spreads over three replicas, each answering with its own Host and the base path', async (t) => {

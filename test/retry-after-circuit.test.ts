@@ -1,4 +1,3 @@
-import diagnosticsChannel from 'node:diagnostics_channel'
 import { test, type Test } from 'tap'
 import { CircuitOpenError } from '../lib/errors'
 import { CHANNELS, type CircuitEvent, type RetrySkippedEvent } from '../lib/events'
@@ -6,16 +5,9 @@ import { createHttpClient, type HttpClient } from '../lib/http-client'
 import { CLOCK_START, type ClockedClientOptions, ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
 import { poolIdle, type Step, timedUpstream, type TimedUpstream } from './helpers/timed-upstream'
 import { rejection } from './helpers/upstream'
+import { published } from './helpers/wait'
 
 const RECOVERY = 10_000
-
-function subscribe<T> (t: Test, channel: string): T[] {
-  const events: T[] = []
-  const listener = (message: unknown): void => { events.push(message as T) }
-  diagnosticsChannel.subscribe(channel, listener)
-  t.teardown(() => diagnosticsChannel.unsubscribe(channel, listener))
-  return events
-}
 
 /** The first answer is `first`; every later one a 200. */
 function firstThenOk (first: Step): (index: number) => Step {
@@ -45,7 +37,7 @@ async function circuitOpenError (promise: Promise<unknown>): Promise<CircuitOpen
 test('a 503 with Retry-After opens the circuit until then; its own retry is the probe that closes it', async (t) => {
   const upstream = await timedUpstream(t, firstThenOk({ status: 503, headers: { 'retry-after': '2' } }))
   const clock = new ManualClock()
-  const circuit = subscribe<CircuitEvent>(t, CHANNELS.circuit)
+  const circuit = published<CircuitEvent>(t, CHANNELS.circuit)
   const client = clocked(t, upstream, clock)
 
   const first = client.get('/quote')
@@ -90,7 +82,7 @@ test('a 429 with Retry-After as an HTTP-date opens it as well', async (t) => {
 test('when the probe is taken at that moment, the call ends with its last failure', async (t) => {
   const upstream = await timedUpstream(t, firstThenOk({ status: 503, headers: { 'retry-after': '2' } }))
   const clock = new ManualClock()
-  const skipped = subscribe<RetrySkippedEvent>(t, CHANNELS.retrySkipped)
+  const skipped = published<RetrySkippedEvent>(t, CHANNELS.retrySkipped)
   const client = clocked(t, upstream, clock)
   // Set before the call's wait, so it fires first when both fall due: another call takes the one probe.
   let other: Promise<unknown> | undefined
@@ -111,7 +103,7 @@ test('when the probe is taken at that moment, the call ends with its last failur
 test('a Retry-After of a day opens the circuit for at most 10 x recoveryMs', async (t) => {
   const upstream = await timedUpstream(t, firstThenOk({ status: 503, headers: { 'retry-after': '86400' } }))
   const clock = new ManualClock()
-  const circuit = subscribe<CircuitEvent>(t, CHANNELS.circuit)
+  const circuit = published<CircuitEvent>(t, CHANNELS.circuit)
   const client = clocked(t, upstream, clock, { circuitBreaker: { failureThreshold: 5, recoveryMs: 1_000 } })
   const res = await client.get('/quote')
   t.equal(res.statusCode, 503, 'a wait of a day is past the total timeout: the call ends at once')
@@ -129,7 +121,7 @@ test('a Retry-After HTTP-date in the past is ignored: nothing opens', async (t) 
   const past = new Date(CLOCK_START - 60_000).toUTCString()
   const upstream = await timedUpstream(t, firstThenOk({ status: 503, headers: { 'retry-after': past } }))
   const clock = new ManualClock()
-  const circuit = subscribe<CircuitEvent>(t, CHANNELS.circuit)
+  const circuit = published<CircuitEvent>(t, CHANNELS.circuit)
   const client = clocked(t, upstream, clock)
   const first = client.get('/quote')
   await untilTimer(clock, 0)

@@ -5,6 +5,7 @@ import { test } from 'tap'
 import resilientHttp, { createHttpClient, type HttpClient, TimeoutError } from '../plugin'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
+import { eventually } from './helpers/wait'
 
 // Wall-clock bounds are deliberately loose: the machine running the suite may be busy.
 const SLACK_MS = 2500
@@ -25,16 +26,6 @@ async function closedWithin (socket: Socket, ms: number): Promise<void> {
   } finally {
     clearTimeout(timer)
   }
-}
-
-/** Polls `check` until it holds, for at most `ms`. */
-async function eventually (check: () => boolean, ms: number): Promise<boolean> {
-  const until = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > until) return false
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
-  return true
 }
 
 /** An upstream that answers `/warm` and holds every other request open. */
