@@ -53,6 +53,8 @@ export class ClientCore implements CallHost {
   #live = 0
   #onIdle: (() => void) | null = null
   #closing: Promise<void> | null = null
+  // Refusals come in bulk for one path: checked once, not on every refused call.
+  #lastSendablePath: string | null = null
 
   constructor (settings: ResolvedClientOptions, logger: Logger, internals: ClientInternals, optionPath: string) {
     this.name = settings.name
@@ -89,7 +91,10 @@ export class ClientCore implements CallHost {
     const now = this.clock.now()
     if (!breaker.refuses(now) || this.limit.inFlight >= this.limit.limit) return undefined
     if (inbound?.deadlineAt !== undefined && inbound.deadlineAt <= now) return undefined
-    if (!isSendable(path)) return undefined
+    if (path !== this.#lastSendablePath) {
+      if (!isSendable(path)) return undefined
+      this.#lastSendablePath = path
+    }
     this.counters.requests++
     this.counters.shortCircuited++
     const remainingMs = breaker.remainingMs(now)

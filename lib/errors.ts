@@ -34,7 +34,8 @@ export class HttpClientError extends Error {
   /** Attempts made before the error, where the error ends a call. */
   declare readonly attempts: number | undefined
 
-  constructor (code: string, message: string, details: CallDetails, statusCode = 500) {
+  /** `message` undefined: the subclass writes it when it is first read (see `messageOnRead`). */
+  constructor (code: string, message: string | undefined, details: CallDetails, statusCode = 500) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause })
     this.code = code
     this.statusCode = statusCode
@@ -63,19 +64,41 @@ function describeCall (details: CallDetails): string {
   return details.method === undefined ? `${details.clientName}` : `${details.clientName}: ${details.method} ${details.path}`
 }
 
+/**
+ * Refusals come in bulk (one per call while the circuit is open or the limit
+ * is reached) and most are never logged: their message is written from the
+ * error's fields when first read (`message`, `stack`, `String(error)`), not
+ * when the error is made. Assigning `message` still works.
+ */
+function messageOnRead<E extends HttpClientError> (ErrorClass: abstract new (...args: never[]) => E, write: (error: E) => string): void {
+  Object.defineProperty(ErrorClass.prototype, 'message', {
+    configurable: true,
+    get (this: E): string {
+      return write(this)
+    },
+    set (this: E, value: string) {
+      Object.defineProperty(this, 'message', { value, writable: true, configurable: true, enumerable: false })
+    }
+  })
+}
+
 /** The circuit is open, or half-open with its probes taken: nothing was sent. */
 export class CircuitOpenError extends HttpClientError {
   /** Milliseconds until the circuit half-opens (0 when half-open and its probes are taken). */
   declare readonly remainingMs: number
 
   constructor (details: CallDetails, remainingMs: number) {
-    const state = remainingMs > 0
-      ? `circuit open, half-opens in ${remainingMs} ms`
-      : 'circuit half-open and its probes are taken'
-    super('FRH_CIRCUIT_OPEN', `${describeCall(details)} refused: ${state}`, details, 503)
+    super('FRH_CIRCUIT_OPEN', undefined, details, 503)
     this.remainingMs = remainingMs
   }
 }
+
+messageOnRead(CircuitOpenError, (error) => {
+  const state = error.remainingMs > 0
+    ? `circuit open, half-opens in ${error.remainingMs} ms`
+    : 'circuit half-open and its probes are taken'
+  return `${describeCall(error)} refused: ${state}`
+})
 
 /** Over `maxInFlight` or the adaptive concurrency limit: nothing was sent. */
 export class OverloadedError extends HttpClientError {
@@ -83,10 +106,12 @@ export class OverloadedError extends HttpClientError {
   declare readonly limit: number
 
   constructor (details: CallDetails, limit: number) {
-    super('FRH_OVERLOADED', `${describeCall(details)} refused: ${limit} calls already in flight`, details, 503)
+    super('FRH_OVERLOADED', undefined, details, 503)
     this.limit = limit
   }
 }
+
+messageOnRead(OverloadedError, (error) => `${describeCall(error)} refused: ${error.limit} calls already in flight`)
 
 /** Which timeout fired: one attempt's, the call's, or the inbound request's deadline. */
 export type TimeoutKind = 'attempt' | 'total' | 'deadline'

@@ -158,7 +158,9 @@ export function createUpstreams (options: ResolvedClientOptions, optionPath: str
     try {
       const connect = options.pool.connect as unknown
       if (connect != null && typeof connect !== 'function' && typeof connect !== 'object') throw new TypeError('connect must be a function or an object')
-      const poolOptions: Pool.Options = { ...options.pool, connect: rootConnector(options.pool) }
+      // Every attempt is bounded by the client's own timer heap; undici's per-request
+      // header and body timers would only repeat it, at a timer per request. Set in `pool`, they apply.
+      const poolOptions: Pool.Options = { headersTimeout: 0, bodyTimeout: 0, ...options.pool, connect: rootConnector(options.pool) }
       pool = new Pool(origin, poolOptions)
       // The pool makes its clients lazily: one made now (no socket) has undici check the
       // options only its Client reads, so they fail here rather than on every call.

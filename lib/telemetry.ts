@@ -65,6 +65,9 @@ function otelApi (): Api | null {
 }
 
 interface Tally {
+  readonly name: string
+  readonly client: string
+  readonly reason: string | undefined
   readonly attributes: Attributes
   count: number
 }
@@ -83,27 +86,36 @@ interface Tally {
 class EventCounter {
   private provider: OtelApi.MeterProvider | null = null
   private tallies = new Map<string, Tally>()
+  private last: Tally | null = null
 
   constructor (private readonly api: Api) {}
 
   add (name: string, client: string, reason: unknown): void {
     const provider = this.api.metrics.getMeterProvider()
     if (provider !== this.provider) this.observeOn(provider)
-    const key = typeof reason === 'string' ? `${name}\n${client}\n${reason}` : `${name}\n${client}`
-    const tally = this.tallies.get(key)
-    if (tally !== undefined) {
-      tally.count++
+    const last = this.last
+    // Events come in runs of one kind (refusals while a circuit is open): the last tally first.
+    if (last !== null && last.name === name && last.client === client && last.reason === reason) {
+      last.count++
       return
     }
-    const attributes: Attributes = { 'event.name': name, 'client.name': client }
-    if (typeof reason === 'string') attributes.reason = reason
-    this.tallies.set(key, { attributes: Object.freeze(attributes), count: 1 })
+    const key = typeof reason === 'string' ? `${name}\n${client}\n${reason}` : `${name}\n${client}`
+    let tally = this.tallies.get(key)
+    if (tally === undefined) {
+      const attributes: Attributes = { 'event.name': name, 'client.name': client }
+      if (typeof reason === 'string') attributes.reason = reason
+      tally = { name, client, reason: typeof reason === 'string' ? reason : undefined, attributes: Object.freeze(attributes), count: 0 }
+      this.tallies.set(key, tally)
+    }
+    tally.count++
+    this.last = tally
   }
 
   private observeOn (provider: OtelApi.MeterProvider): void {
     this.provider = provider
     const tallies = new Map<string, Tally>()
     this.tallies = tallies
+    this.last = null
     provider.getMeter(METER_NAME).createObservableCounter(EVENTS_COUNTER_NAME, {
       description: 'Resilience events of outbound HTTP calls: retries, hedges, circuit breaker transitions, refusals',
       unit: '{event}'

@@ -156,3 +156,16 @@ test('sockets are left idle after the bounds fire', async (t) => {
   t.equal(client.stats().pool?.running, 0, 'the timed-out attempt does not keep its socket busy')
   t.same(await (await client.get('/ok')).json(), { ok: true }, 'the client still works')
 })
+
+test('the client\'s own timer bounds an attempt; undici\'s header and body timers run only when set in pool', async (t) => {
+  const upstream = await holdingUpstream(t)
+
+  const ours = await elapsedOf(clientFor(t, upstream).get('/hold', { timeout: 200 }))
+  t.ok(ours.error instanceof TimeoutError && ours.error.kind === 'attempt', 'by default, the attempt timeout ends it')
+
+  const undiciTimed = clientFor(t, upstream, { pool: { headersTimeout: 100 } })
+  const theirs = await elapsedOf(undiciTimed.get('/hold', { timeout: 2_500 }))
+  const cause = (theirs.error as { cause?: { code?: string } }).cause
+  t.equal(cause?.code, 'UND_ERR_HEADERS_TIMEOUT', 'pool.headersTimeout set: undici\'s timer fires first')
+  t.ok(theirs.ms < LATE_MS, `after ${Math.round(theirs.ms)} ms`)
+})

@@ -1,3 +1,4 @@
+import { inspect } from 'node:util'
 import Fastify from 'fastify'
 import { test } from 'tap'
 import resilientHttp, {
@@ -65,6 +66,22 @@ test('messages say what happened', async (t) => {
   t.match(new UpstreamError({ ...details, cause: new Error('socket hang up') }).message, /failed after 2 attempt\(s\): socket hang up/)
   t.match(new UpstreamError({ ...details, cause: 'ECONNRESET' }).message, /: ECONNRESET$/)
   t.equal(new ClientClosedError({ clientName: 'payments' }).message, 'payments refused: client is closed')
+})
+
+test('a refusal\'s message is written when read, and reads the same in every form', async (t) => {
+  const open = new CircuitOpenError(details, 2_000)
+  const expected = 'payments: GET /charge refused: circuit open, half-opens in 2000 ms'
+  t.equal(open.message, expected)
+  t.equal(String(open), `CircuitOpenError: ${expected}`)
+  t.equal(open.stack?.split('\n')[0], `CircuitOpenError: ${expected}`, 'the stack starts with it too')
+  t.match(inspect(open), expected)
+  t.equal(Object.keys(open).includes('message'), false, 'not enumerable, as an Error\'s own message')
+  t.equal(new OverloadedError(details, 7).stack?.split('\n')[0], 'OverloadedError: payments: GET /charge refused: 7 calls already in flight')
+
+  const reworded = new OverloadedError(details, 7)
+  reworded.message = `upstream busy: ${reworded.message}`
+  t.equal(reworded.message, 'upstream busy: payments: GET /charge refused: 7 calls already in flight', 'a message can still be assigned')
+  t.equal(new OverloadedError(details, 7).message, 'payments: GET /charge refused: 7 calls already in flight', 'on that error alone')
 })
 
 test('instanceof holds across two copies of the package', async (t) => {

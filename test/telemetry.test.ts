@@ -154,6 +154,27 @@ test('a call retried twice is one trace: three CLIENT spans under the inbound re
   t.equal(countOf(points, { 'event.name': 'retry', 'client.name': 'api', reason: 'status 503' }), 2, 'two retries counted')
 })
 
+test('events in runs and interleaved are each counted under their own client and reason', async (t) => {
+  const publish = (name: string, payload: object): void => diagnosticsChannel.channel(`fastify-resilient-http:${name}`).publish(payload)
+  const refuse = (client: string): void => publish('short-circuited', { client, method: 'GET', path: '/', remainingMs: 100 })
+  const retry = (client: string, reason: string): void => publish('retry', { client, method: 'GET', path: '/', attempt: 1, reason, waitMs: 1 })
+  for (let i = 0; i < 3; i++) refuse('runs-a')
+  refuse('runs-b')
+  refuse('runs-a')
+  retry('runs-a', 'status 503')
+  retry('runs-a', 'status 429')
+  retry('runs-a', 'status 503')
+  publish('retry', { client: 'runs-a', method: 'GET', path: '/', attempt: 1, reason: { not: 'a string' }, waitMs: 1 })
+
+  const points = await otel.points(METER_NAME, EVENTS_COUNTER_NAME)
+  t.equal(countOf(points, { 'event.name': 'short_circuited', 'client.name': 'runs-a' }), 4)
+  t.equal(countOf(points, { 'event.name': 'short_circuited', 'client.name': 'runs-b' }), 1)
+  t.equal(countOf(points, { 'event.name': 'retry', 'client.name': 'runs-a', reason: 'status 503' }), 2)
+  t.equal(countOf(points, { 'event.name': 'retry', 'client.name': 'runs-a', reason: 'status 429' }), 1)
+  const unnamed = points.filter((point) => point.attributes['client.name'] === 'runs-a' && point.attributes['event.name'] === 'retry' && !('reason' in point.attributes))
+  t.same(unnamed.map((point) => point.value), [1], 'a reason that is not a string adds no attribute')
+})
+
 test('a breaker opening is counted, and so is each call it refuses', async (t) => {
   const before = await otel.points(METER_NAME, EVENTS_COUNTER_NAME)
   const { upstream } = await scriptedUpstream(t, [500])
