@@ -243,7 +243,8 @@ export class Attempt implements Sendable, TimedEntry {
       this.#dispatched = false
     } else if (this.#controller !== null) {
       // undici reports the abort through onResponseError, in undici 7 at once.
-      this.#controller.abort(asError(reason))
+      if (cut === Cut.Loser) abortUnseen(this.#controller, asError(reason))
+      else this.#controller.abort(asError(reason))
       if ((this.phase as PhaseValue) === Phase.Done) return
     }
     this.onResponseError(null, reason as Error)
@@ -341,4 +342,19 @@ const EMPTY = Buffer.alloc(0)
 /** undici aborts with an Error; a caller's signal may carry any reason. */
 function asError (reason: unknown): Error {
   return reason instanceof Error ? reason : new Error(String(reason))
+}
+
+/**
+ * Aborts a losing attempt with the errors undici makes for it (the one its
+ * socket is destroyed with, whose stack Node reads at once) left without a
+ * stack: the call has its answer, and nobody sees them.
+ */
+function abortUnseen (controller: DispatchController, reason: Error): void {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  try {
+    controller.abort(reason)
+  } finally {
+    Error.stackTraceLimit = limit
+  }
 }

@@ -9,7 +9,7 @@ import {
 } from './errors'
 import type { ClientEvents, RetrySkipReason } from './events'
 import { hasHeader, withoutHeader } from './headers'
-import { LatencyTracker } from './hedging'
+import { hedgeAfterPoll, LatencyTracker } from './hedging'
 import type { Logger } from './logger'
 import type { ResolvedBreaker } from './options'
 import { errorCode, isDrop, isRetryStatus, isTransientError, statusVerdict } from './outcome'
@@ -408,12 +408,17 @@ export class Call implements AttemptOwner, TimedEntry {
     if (at < this.#endsAt) this.host.timers.add(this, at)
   }
 
-  /** The hedge delay passed without an answer. */
+  /** The hedge delay passed without an answer: the hedge goes out once the sockets have been read. */
   onTimer (): void {
+    if (this.#state === State.Running && this.#running !== null) hedgeAfterPoll(this)
+  }
+
+  /** Sends the hedge, unless the call was answered (or ended) in the meantime. */
+  sendHedge (): void {
     const host = this.host
     if (this.#state !== State.Running || this.#running === null || host.draining || host.closed) return
     const now = host.clock.now()
-    // Armed only before the call's end (#armHedge): no hedge goes out past the deadline.
+    // Armed only before the call's end (#armHedge) and sent in the same turn of the event loop: a hedge is cut with its call.
     if (host.breaker !== null && host.breaker.state(now) !== 'closed') return
     if (host.budget !== null && !host.budget.tryAcquire(now)) return
     this.#hedgesSent++
@@ -522,7 +527,12 @@ function isRequestFault (error: unknown): boolean {
 
 /** A losing hedge is aborted, not failed: tracers record an AbortError as no error. */
 function loserReason (): Error {
-  return new DOMException('another attempt of the call answered first', 'AbortError')
+  // Without a stack: Node reads the stack of every error a socket is destroyed with, and a stack says nothing here.
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  const reason = new DOMException('another attempt of the call answered first', 'AbortError')
+  Error.stackTraceLimit = limit
+  return reason
 }
 
 /** Refusals come fast and in bulk (open circuit, overload): skip the stack trace. */
