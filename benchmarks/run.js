@@ -39,7 +39,7 @@ const scale = QUICK ? 0.5 : 1
 const PLAN = {
   // A warm-up of 2 s: the JIT has then compiled each contender's hot path, as in a service that has run a while.
   client: { rounds: QUICK ? 2 : 8, warmupMs: 2_000, durationMs: 1_000 * scale, budgetMs: 125_000 * scale, concurrency: 64 },
-  e2e: { rounds: QUICK ? 1 : 3, warmupMs: 1_000, durationMs: 3_000 * scale, budgetMs: 70_000 * scale, concurrency: 64 },
+  e2e: { rounds: QUICK ? 1 : 5, warmupMs: 2_000, durationMs: 2_500 * scale, budgetMs: 120_000 * scale, concurrency: 64 },
   failFast: { rounds: QUICK ? 1 : 3, warmupMs: 200, durationMs: 800, budgetMs: 30_000 * scale },
   memory: { firstCalls: 10_000, totalCalls: QUICK ? 50_000 : 200_000, capMs: 30_000 * scale, distinctTimeouts: 20_000, concurrency: 64 },
   hedging: { rounds: QUICK ? 1 : 3, warmupMs: 1_000, durationMs: 3_000 * scale, budgetMs: 55_000 * scale, concurrency: 64 },
