@@ -19,6 +19,10 @@ const CPU_NOTE = '"per CPU-s": calls per CPU-second of the measuring process, as
 const UPSTREAM_BOUND = 90
 
 function roundsLine (phase, plan) {
+  if (phase.sliced === true) {
+    return `${plan.generations} generation(s) of fresh processes, one per contender, each warmed up for ${plan.warmupMs / 1000} s, then ${plan.cycles} cycles of one ${plan.sliceMs} ms slice per contender, ` +
+      `the order rotating; the processes not measuring wait idle. ${phase.rounds.length} cycles in all; medians over cycles; ratios are medians of the per-cycle ratios.`
+  }
   return `${phase.rounds.length} interleaved round(s) of ${plan.durationMs / 1000} s after ${plan.warmupMs / 1000} s of warm-up, each contender in a fresh process, the order rotating; medians over rounds; ratios are medians of the per-round ratios.`
 }
 

@@ -15,7 +15,7 @@ const os = require('node:os')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
 const { measureE2E, VARIANTS: E2E_VARIANTS } = require('./e2e')
-const { CLIENT_CPU, SERVER_CPU, canPin, startChild, runChild, stopChild } = require('./common')
+const { CLIENT_CPU, SERVER_CPU, canPin, cpuMeter, startChild, runChild, stopChild } = require('./common')
 const { log, runRounds } = require('./rounds')
 const { report, hedgingSvg } = require('./report')
 
@@ -37,14 +37,15 @@ const OTEL = ['otel counter off', 'otel counter off A/A', 'otel counter on']
 // and the report says how many it did.
 const scale = QUICK ? 0.5 : 1
 const PLAN = {
-  // A warm-up of 2 s: the JIT has then compiled each contender's hot path, as in a service that has run a while.
-  client: { rounds: QUICK ? 2 : 8, warmupMs: 2_000, durationMs: 1_000 * scale, budgetMs: 125_000 * scale, concurrency: 64 },
+  // Per generation of fresh processes: a warm-up of 2 s per contender (the JIT has then compiled
+  // its hot path, as in a service that has run a while), then cycles of one 400 ms slice per contender.
+  client: { generations: QUICK ? 1 : 3, cycles: QUICK ? 10 : 12, sliceMs: 400, warmupMs: 2_000, concurrency: 64 },
   e2e: { rounds: QUICK ? 1 : 5, warmupMs: 2_000, durationMs: 2_500 * scale, budgetMs: 120_000 * scale, concurrency: 64 },
   failFast: { rounds: QUICK ? 1 : 3, warmupMs: 200, durationMs: 800, budgetMs: 30_000 * scale },
   memory: { firstCalls: 10_000, totalCalls: QUICK ? 50_000 : 200_000, capMs: 30_000 * scale, distinctTimeouts: 20_000, concurrency: 64 },
   hedging: { rounds: QUICK ? 1 : 3, warmupMs: 1_000, durationMs: 3_000 * scale, budgetMs: 55_000 * scale, concurrency: 64 },
   overload: { rounds: QUICK ? 1 : 3, warmupMs: 1_500, durationMs: 3_000 * scale, budgetMs: 40_000 * scale, concurrency: 200, pauseAfterErrorMs: 20 },
-  otel: { rounds: QUICK ? 2 : 4, warmupMs: 1_500, durationMs: 1_500 * scale, budgetMs: 55_000 * scale, concurrency: 64 }
+  otel: { generations: QUICK ? 1 : 3, cycles: QUICK ? 6 : 10, sliceMs: 400, warmupMs: 2_000, concurrency: 64 }
 }
 
 async function deadOrigin () {
@@ -57,6 +58,86 @@ async function deadOrigin () {
 
 const brief = (r) => `${Math.round(r.rps)} req/s, p99 ${r.p99.toFixed(2)} ms, client CPU ${Math.round(r.cpuPercent)} %, upstream CPU ${Math.round(r.upstreamCpuPercent)} %` +
   (r.windowErrors > 0 ? `, ${r.windowErrors} failed` : '')
+
+/** The next IPC message of a child, or an error after `timeoutMs`. */
+function nextMessage (child, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
+    child.once('message', (message) => {
+      clearTimeout(timer)
+      if (message.error !== undefined) reject(new Error(message.error))
+      else resolve(message)
+    })
+  })
+}
+
+/**
+ * The client phase: every contender in its own process, warmed up one after
+ * the other, then measured in short slices handed out in turn (the order
+ * rotating each cycle). A cycle is a round: ratios are taken within it.
+ */
+async function slicedPhase (label, names, plan, upstream) {
+  const rounds = []
+  const failures = {}
+  // Each process has its own luck (where the JIT and the allocator put things): fresh ones each generation.
+  for (let generation = 0; generation < plan.generations; generation++) {
+    rounds.push(...await slicedGeneration(`${label} ${generation + 1}/${plan.generations}`, names, plan, upstream, failures))
+  }
+  return { rounds, failures, sliced: true }
+}
+
+async function slicedGeneration (label, names, plan, upstream, failures) {
+  const children = new Map()
+  try {
+    for (const name of names) {
+      const settings = { name, origin: upstream.origin, concurrency: plan.concurrency, connections: CONNECTIONS, warmupMs: plan.warmupMs }
+      try {
+        const { child } = await startChild('client-slices.js', [JSON.stringify(settings)], { cpu: CLIENT_CPU, timeoutMs: plan.warmupMs + 20_000 })
+        children.set(name, child)
+        log(`${label} ${name}: warmed up for ${plan.warmupMs / 1000} s`)
+      } catch (error) {
+        failures[name] = error.message.split('\n').slice(0, 2).join(' ')
+        log(`${label} ${name}: FAILED ${failures[name]}`)
+      }
+    }
+    const rounds = []
+    for (let cycle = 0; cycle < plan.cycles; cycle++) {
+      const results = {}
+      const order = [...children.keys()]
+      for (const name of [...order.slice(cycle % order.length), ...order.slice(0, cycle % order.length)]) {
+        const child = children.get(name)
+        const upstreamCpu = cpuMeter(upstream.pid)
+        child.send({ sliceMs: plan.sliceMs })
+        try {
+          const slice = await nextMessage(child, plan.sliceMs + 10_000)
+          const upstreamCpuPercent = upstreamCpu.stop()
+          results[name] = {
+            rps: slice.requests / slice.seconds,
+            p50: slice.p50,
+            p99: slice.p99,
+            cpuPercent: slice.cpuUs / 1e4 / slice.seconds,
+            cpuUsPerCall: slice.cpuUs / slice.requests,
+            callsPerCpuSecond: slice.requests / (slice.cpuUs / 1e6),
+            upstreamCpuPercent,
+            errors: slice.errors,
+            stats: slice.stats
+          }
+        } catch (error) {
+          failures[name] = error.message.split('\n').slice(0, 2).join(' ')
+          log(`${label} cycle ${cycle + 1} ${name}: FAILED ${failures[name]}`)
+        }
+      }
+      rounds.push(results)
+    }
+    log(`${label}: ${plan.cycles} cycles`)
+    return rounds
+  } finally {
+    await Promise.all([...children.values()].map((child) => {
+      child.send({ exit: true })
+      return stopChild(child, 3_000)
+    }))
+  }
+}
 
 /** A client-load phase: `names` against `urlOrigin`, with the plan's settings. */
 function loadPhase (label, names, plan, upstream, extra = {}) {
@@ -88,7 +169,7 @@ async function memoryRuns (origin) {
 }
 
 const PHASES = {
-  client: (upstream) => loadPhase('client', PEERS ? [...CLIENT, ...CLIENT_PEERS] : CLIENT, PLAN.client, upstream),
+  client: (upstream) => slicedPhase('client', PEERS ? [...CLIENT, ...CLIENT_PEERS] : CLIENT, PLAN.client, upstream),
   e2e: (upstream) => runRounds('e2e', E2E_VARIANTS, PLAN.e2e, (variant) => measureE2E(variant, upstream.origin, upstream.pid, { ...PLAN.e2e, connections: CONNECTIONS }),
     (r) => `${Math.round(r.rps)} req/s, p99 ${r.p99} ms, app CPU ${Math.round(r.appCpuPercent)} %, upstream CPU ${Math.round(r.upstreamCpuPercent)} %`),
   failFast: async () => {
@@ -101,7 +182,7 @@ const PHASES = {
   memory: (upstream) => memoryRuns(upstream.origin),
   hedging: (upstream) => loadPhase('hedging', HEDGING, PLAN.hedging, upstream, { cdf: true }),
   overload: (upstream) => loadPhase('overload', OVERLOAD, PLAN.overload, upstream, { pauseAfterErrorMs: PLAN.overload.pauseAfterErrorMs, maxErrors: 1e12 }),
-  otel: (upstream) => loadPhase('otel', OTEL, PLAN.otel, upstream)
+  otel: (upstream) => slicedPhase('otel', OTEL, PLAN.otel, upstream)
 }
 
 function machine (startedAt, seconds, loadBefore) {
