@@ -36,12 +36,12 @@ async function main () {
 
   const histogram = createHistogram()
   // Read by the workers, set by run(): an object, as the loop itself never changes it.
-  const slice = { stopping: false }
+  const workload = { stopping: false }
   let requests = 0
   let errors = 0
 
   async function worker () {
-    while (!slice.stopping) {
+    while (!workload.stopping) {
       const start = process.hrtime.bigint()
       try {
         await contender.call()
@@ -49,7 +49,7 @@ async function main () {
         errors++
         continue
       }
-      if (!slice.stopping) {
+      if (!workload.stopping) {
         histogram.record(Number(process.hrtime.bigint() - start) || 1)
         requests++
       }
@@ -61,7 +61,7 @@ async function main () {
     histogram.reset()
     requests = 0
     errors = 0
-    slice.stopping = false
+    workload.stopping = false
     const workers = []
     const statsStart = await contender.stats?.()
     const start = process.hrtime.bigint()
@@ -70,7 +70,7 @@ async function main () {
       for (let i = 0; i < concurrency; i++) workers.push(worker())
     })
     await sleep(ms)
-    slice.stopping = true
+    workload.stopping = true
     const seconds = Number(process.hrtime.bigint() - start) / 1e9
     const cpu = process.cpuUsage(cpuStart)
     const counted = { requests, errors }
