@@ -266,7 +266,7 @@ function report (results, plan, about) {
   lines.push(`- Pinning (taskset): ${about.pinning}`)
   lines.push(`- Command: \`${about.command}\` (${Math.round(about.seconds)} s)`)
   lines.push(`- Load average: ${about.load}`)
-  lines.push('- **The machine was shared**: other work ran on the same 2 cores during the run. Read the ratios (both sides measured in the same round)')
+  lines.push('- **A shared VM**: the host\'s other guests come and go during a run, and a process\'s speed with them. Read the ratios (both sides measured in the same round)')
   lines.push('  and the A/A controls (two identical contenders: their ratio is the noise), not the absolute req/s.', '')
   const rows = targetRows(results)
   if (rows.length > 0) {

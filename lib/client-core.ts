@@ -87,8 +87,7 @@ export class ClientCore implements CallHost {
    * without a prepared request or a call made for it. `undefined` when the
    * call must take the full path.
    */
-  refuseWhileOpen (breaker: CircuitBreaker, method: string, path: string, inbound: InboundContext | undefined): Promise<never> | undefined {
-    const now = this.clock.now()
+  refuseWhileOpen (breaker: CircuitBreaker, method: string, path: string, inbound: InboundContext | undefined, now: number): Promise<never> | undefined {
     if (!breaker.refuses(now) || this.limit.inFlight >= this.limit.limit) return undefined
     if (inbound?.deadlineAt !== undefined && inbound.deadlineAt <= now) return undefined
     if (path !== this.#lastSendablePath) {

@@ -131,13 +131,14 @@ export class HttpClient {
     const core = this.#core
     if (core.closed) return Promise.reject(new ClientClosedError({ clientName: this.name, method, path }))
     const inbound = currentInboundContext()
+    const now = core.clock.now()
     let call: Call
     try {
       if (options === undefined && core.breaker !== null) {
-        const refused = core.refuseWhileOpen(core.breaker, method, path, inbound)
+        const refused = core.refuseWhileOpen(core.breaker, method, path, inbound, now)
         if (refused !== undefined) return refused
       }
-      call = new Call(core, prepareRequest(core.settings, method, path, options, inbound, isRequest), core.clock.now())
+      call = new Call(core, prepareRequest(core.settings, method, path, options, inbound, isRequest), now)
     } catch (error) {
       return Promise.reject(error)
     }
