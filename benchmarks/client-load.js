@@ -16,20 +16,12 @@
 const { createHistogram } = require('node:perf_hooks')
 const { request } = require('undici')
 const contenders = require('./contenders')
-const { answer, answerErrors, cpuMeter, sleep } = require('./common')
+const { answer, answerErrors, cpuMeter, difference, sleep } = require('./common')
 
 /** What the upstream's /capacity saw since the last reset. */
 async function upstreamStats (origin, reset) {
   const { body } = await request(`${origin}/__stats${reset ? '?reset' : ''}`)
   return body.json()
-}
-
-/** The contender's counters over the window: the end's minus the start's. */
-function difference (end, start) {
-  if (end === undefined) return undefined
-  const out = {}
-  for (const key of Object.keys(end)) out[key] = end[key] - (start?.[key] ?? 0)
-  return out
 }
 
 async function main () {

@@ -16,15 +16,7 @@
 
 const { createHistogram } = require('node:perf_hooks')
 const contenders = require('./contenders')
-const { answerErrors, sleep } = require('./common')
-
-/** The contender's counters over a slice: the end's minus the start's. */
-function difference (end, start) {
-  if (end === undefined) return undefined
-  const out = {}
-  for (const key of Object.keys(end)) out[key] = end[key] - (start?.[key] ?? 0)
-  return out
-}
+const { answerErrors, difference, sleep } = require('./common')
 
 async function main () {
   const { name, origin, concurrency, connections, warmupMs } = JSON.parse(process.argv[2])

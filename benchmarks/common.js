@@ -113,4 +113,12 @@ function cpuMeter (pid) {
   return { stop: () => 100 * (cpuSecondsOf(pid) - cpuStart) / ((performance.now() - start) / 1000) }
 }
 
-module.exports = { CLIENT_CPU, SERVER_CPU, canPin, startChild, runChild, stopChild, answer, answerErrors, median, sleep, cpuSecondsOf, cpuMeter }
+/** A contender's counters over a window: the end's minus the start's. */
+function difference (end, start) {
+  if (end === undefined) return undefined
+  const out = {}
+  for (const key of Object.keys(end)) out[key] = end[key] - (start?.[key] ?? 0)
+  return out
+}
+
+module.exports = { CLIENT_CPU, SERVER_CPU, canPin, startChild, runChild, stopChild, answer, answerErrors, median, sleep, cpuSecondsOf, cpuMeter, difference }
