@@ -1,4 +1,3 @@
-import type { Dispatcher } from 'undici'
 import { captureOtelContext } from './async-context'
 import { Attempt, type AttemptHost, type AttemptOwner, Cut, type CutValue } from './attempt'
 import { type CircuitBreaker, Permit, type PermitValue, Verdict, type VerdictValue } from './circuit-breaker'
@@ -205,14 +204,14 @@ export class Call implements AttemptOwner, TimedEntry {
     const header = this.request.deadlineHeader
     const otherOrigin = !upstream.owned && upstream.origin !== options.origin
     if (header === undefined && !otherOrigin) return options
-    const own: Dispatcher.DispatchOptions & { headers: string[] } = { ...options, origin: upstream.origin }
+    let headers = options.headers
     if (header !== undefined) {
       // Forwarded as the whole ms left when this attempt is sent, at least 1; a default value for it gives way.
-      const headers = hasHeader(options.headers, header) ? withoutHeader(options.headers, header) : options.headers.slice()
+      headers = hasHeader(headers, header) ? withoutHeader(headers, header) : headers.slice()
       headers.push(header, String(Math.max(1, Math.floor((this.request.deadlineAt as number) - now))))
-      own.headers = headers
     }
-    return own
+    // Spelled out rather than spread: this runs for every attempt under a deadline.
+    return { origin: upstream.origin, method: options.method, path: options.path, headers, body: options.body }
   }
 
   #addRunning (attempt: Attempt): void {

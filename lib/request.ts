@@ -13,7 +13,7 @@ export interface PreparedRequest {
   readonly method: string
   /** The path as the caller gave it, for errors and logs. */
   readonly path: string
-  /** What undici is given; `headers` is a flat list with lower-case names. */
+  /** What undici is given: origin, method, path, headers (a flat list, lower-case names) and body, the fields an attempt copies when it needs its own. */
   readonly options: Dispatcher.DispatchOptions & { headers: HeaderList }
   /** A stream body is sent once: no retry, no hedge. */
   readonly replayable: boolean
