@@ -14,7 +14,7 @@ const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
-const { measureE2E, VARIANTS: E2E_VARIANTS } = require('./e2e')
+const { slicedE2E } = require('./e2e')
 const { CLIENT_CPU, SERVER_CPU, canPin, cpuMeter, startChild, runChild, stopChild } = require('./common')
 const { log, runRounds } = require('./rounds')
 const { report, hedgingSvg } = require('./report')
@@ -40,7 +40,8 @@ const PLAN = {
   // Per generation of fresh processes: a warm-up of 2 s per contender (the JIT has then compiled
   // its hot path, as in a service that has run a while), then cycles of one 400 ms slice per contender.
   client: { generations: QUICK ? 1 : 3, cycles: QUICK ? 10 : 12, sliceMs: 400, warmupMs: 2_000, concurrency: 64 },
-  e2e: { rounds: QUICK ? 1 : 5, warmupMs: 2_000, durationMs: 2_500 * scale, budgetMs: 120_000 * scale, concurrency: 64 },
+  // Fastify apps differ more from process to process than the clients do: more generations, fewer cycles.
+  e2e: { generations: QUICK ? 1 : 5, cycles: 4, sliceMs: 750, warmupMs: 1_500, concurrency: 64 },
   failFast: { rounds: QUICK ? 1 : 3, warmupMs: 200, durationMs: 800, budgetMs: 30_000 * scale },
   memory: { firstCalls: 10_000, totalCalls: QUICK ? 50_000 : 200_000, capMs: 30_000 * scale, distinctTimeouts: 20_000, concurrency: 64 },
   hedging: { rounds: QUICK ? 1 : 3, warmupMs: 1_000, durationMs: 3_000 * scale, budgetMs: 55_000 * scale, concurrency: 64 },
@@ -170,8 +171,7 @@ async function memoryRuns (origin) {
 
 const PHASES = {
   client: (upstream) => slicedPhase('client', PEERS ? [...CLIENT, ...CLIENT_PEERS] : CLIENT, PLAN.client, upstream),
-  e2e: (upstream) => runRounds('e2e', E2E_VARIANTS, PLAN.e2e, (variant) => measureE2E(variant, upstream.origin, upstream.pid, { ...PLAN.e2e, connections: CONNECTIONS }),
-    (r) => `${Math.round(r.rps)} req/s, p99 ${r.p99} ms, app CPU ${Math.round(r.appCpuPercent)} %, upstream CPU ${Math.round(r.upstreamCpuPercent)} %`),
+  e2e: (upstream) => slicedE2E(upstream.origin, upstream.pid, { ...PLAN.e2e, connections: CONNECTIONS }, log),
   failFast: async () => {
     const origin = await deadOrigin()
     const plan = PLAN.failFast
