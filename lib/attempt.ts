@@ -5,6 +5,7 @@ import { runInOtelContext } from './async-context'
 import type { PermitValue } from './circuit-breaker'
 import { type CallDetails, HttpClientError, ResponseTooLargeError, type TimeoutKind, TimeoutError, UpstreamError } from './errors'
 import { dispatching } from './events'
+import type { Connection } from './connections'
 import type { Sendable, Upstream } from './pool'
 import type { TimedEntry, TimerHeap } from './timeouts'
 
@@ -94,6 +95,7 @@ export class Attempt implements Sendable, TimedEntry {
   // Queue and timer entries.
   queuePrev: Sendable | null = null
   queueNext: Sendable | null = null
+  connection: Connection | null = null
   timerAt = 0
   timerIndex = -1
   timeoutKind: TimeoutKind = 'attempt'
@@ -125,7 +127,7 @@ export class Attempt implements Sendable, TimedEntry {
 
   // --- sending ---
 
-  dispatch (_dispatcher: Dispatcher, deferred: boolean): void {
+  dispatch (deferred: boolean): void {
     this.phase = Phase.Sent
     this.#dispatched = true
     // A first try goes out in its caller's context; a retry, a hedge or a queued attempt
@@ -142,7 +144,8 @@ export class Attempt implements Sendable, TimedEntry {
   send (): void {
     dispatching.attempt = this.number
     try {
-      if (!this.upstream.dispatcher.dispatch(this.options, this as unknown as Dispatcher.DispatchHandler)) this.upstream.markBusy()
+      // Our own connections are never given more than they have room for, so dispatch()'s answer is not needed.
+      (this.connection as Connection).dispatcher.dispatch(this.options, this as unknown as Dispatcher.DispatchHandler)
     } catch (error) {
       this.onResponseError(null, error as Error)
     } finally {
@@ -255,7 +258,7 @@ export class Attempt implements Sendable, TimedEntry {
     if (this.timerIndex >= 0) this.host.timers.remove(this)
     if (this.#dispatched) {
       this.#dispatched = false
-      this.upstream.release()
+      this.upstream.release(this)
     }
   }
 

@@ -76,7 +76,7 @@ export class HttpClient {
     const now = core.clock.now()
     const upstreams = core.replicas.upstreams
     // A dispatcher given in the options serves every replica: count its stats once.
-    const pools = upstreams.filter((upstream, i) => upstreams.findIndex((other) => other.dispatcher === upstream.dispatcher) === i)
+    const pools = upstreams.filter((upstream, i) => upstream.given === null || upstreams.findIndex((other) => other.given === upstream.given) === i)
     return {
       circuit: core.breaker === null ? 'closed' : core.breaker.state(now),
       inFlight: core.limit.inFlight,

@@ -1,5 +1,6 @@
-import { buildConnector, Client, Pool, type Dispatcher } from 'undici'
+import { buildConnector, Client, type Dispatcher, type Pool } from 'undici'
 import { rootScope } from './async-context'
+import { Connection, Connections } from './connections'
 import { ClientClosedError, InvalidOptionsError } from './errors'
 import type { ResolvedClientOptions } from './options'
 
@@ -19,25 +20,27 @@ const NO_CONNECTIONS: PoolStats = Object.freeze({ connected: 0, free: 0, pending
 export interface Sendable {
   queuePrev: Sendable | null
   queueNext: Sendable | null
+  /** The connection (or the given dispatcher) it is sent on, set just before `dispatch()`. */
+  connection: Connection | null
   /** Hands the attempt to undici; `deferred` when it waited in the queue (its caller's context must be re-entered). */
-  dispatch(dispatcher: Dispatcher, deferred: boolean): void
+  dispatch(deferred: boolean): void
 }
 
 /**
- * One origin and the dispatcher that reaches it: the client's own undici
- * `Pool`, or a dispatcher given in the options (never closed by us).
+ * One origin and what reaches it: the client's own connections, or a
+ * dispatcher given in the options (never closed by us).
  *
- * Attempts wait in an admission queue of ours and are handed to the pool
- * only while it has a connection free for them (undici says so through
- * `dispatch()`'s return value and its `'drain'` event). An attempt that times out
- * or is aborted while it waits is simply unlinked: nothing was sent, and no
- * healthy socket pays for it (an attempt aborted inside undici's own queue
- * costs the connection it is later given, nodejs/undici#386, and under
- * overload those reconnects collapse the pool).
+ * Attempts to own connections wait in an admission queue of ours and are
+ * handed to undici only when a connection has room for them. An attempt that
+ * times out or is aborted while it waits is simply unlinked: nothing was
+ * sent, and no healthy socket pays for it (an attempt aborted inside undici's
+ * own queue costs the connection it is later given, nodejs/undici#386, and
+ * under overload those reconnects collapse the pool).
  */
 export class Upstream {
   readonly origin: string
-  readonly dispatcher: Dispatcher
+  /** The dispatcher given in the options; null when the client has its own connections. */
+  readonly given: Dispatcher | null
   readonly owned: boolean
   /** Attempts routed here and not over yet, queued or sent: the power-of-two-choices load. */
   inFlight = 0
@@ -48,36 +51,51 @@ export class Upstream {
   ejections = 0
   failures = 0
 
-  /** The pool said it has no connection free (`dispatch()` returned false) and has not drained since. */
-  #busy = false
+  readonly #connections: Connections | null
+  /** The given dispatcher as a connection that is never counted. */
+  readonly #direct: Connection | null
   #head: Sendable | null = null
   #tail: Sendable | null = null
+  #queued = 0
 
-  constructor (origin: string, dispatcher: Dispatcher, owned: boolean) {
+  constructor (origin: string, route: Connections | Dispatcher) {
     this.origin = origin
-    this.dispatcher = dispatcher
-    this.owned = owned
-    // undici's own signal that a connection is free again: the queue moves on then.
-    if (owned) dispatcher.on('drain', () => { this.#onDrain() })
+    if (route instanceof Connections) {
+      this.given = null
+      this.owned = true
+      this.#connections = route
+      this.#direct = null
+    } else {
+      this.given = route
+      this.owned = false
+      this.#connections = null
+      this.#direct = new Connection(route)
+    }
   }
 
-  /** Sends the attempt now if the pool has a connection free for it, else queues it. */
+  /** Sends the attempt now if a connection has room for it, else queues it. */
   send (attempt: Sendable): void {
     this.inFlight++
-    if (!this.#busy && this.#head === null) {
-      attempt.dispatch(this.dispatcher, false)
+    const connections = this.#connections
+    if (connections === null) {
+      attempt.connection = this.#direct
+      attempt.dispatch(false)
       return
+    }
+    if (this.#head === null) {
+      const connection = connections.take()
+      if (connection !== null) {
+        attempt.connection = connection
+        attempt.dispatch(false)
+        return
+      }
     }
     attempt.queueNext = null
     attempt.queuePrev = this.#tail
     if (this.#tail === null) this.#head = attempt
     else this.#tail.queueNext = attempt
     this.#tail = attempt
-  }
-
-  /** `dispatch()` returned false: the pool took the attempt but has no connection free for another. */
-  markBusy (): void {
-    if (this.owned) this.#busy = true
+    this.#queued++
   }
 
   /** A queued attempt is given up before it was sent. */
@@ -89,41 +107,51 @@ export class Upstream {
     else next.queuePrev = prev
     attempt.queuePrev = null
     attempt.queueNext = null
+    this.#queued--
     this.inFlight--
   }
 
-  /** A sent attempt is over. */
-  release (): void {
+  /** A sent attempt is over: its connection has room again, for the next attempt waiting. */
+  release (attempt: Sendable): void {
     this.inFlight--
+    const connections = this.#connections
+    if (connections === null) return
+    connections.giveBack(attempt.connection as Connection)
+    if (this.#head !== null) this.#sendQueued(connections)
   }
 
-  #onDrain (): void {
-    this.#busy = false
-    while (this.#head !== null && !this.#busy) {
+  #sendQueued (connections: Connections): void {
+    // Re-read on every turn: a dispatch that fails at once releases, and sends from here, again.
+    while (this.#head !== null) {
+      const connection = connections.take()
+      if (connection === null) return
       const attempt = this.#head
       this.#head = attempt.queueNext
       if (this.#head === null) this.#tail = null
       else this.#head.queuePrev = null
       attempt.queueNext = null
-      attempt.dispatch(this.dispatcher, true)
+      this.#queued--
+      attempt.connection = connection
+      attempt.dispatch(true)
     }
   }
 
   stats (): PoolStats | undefined {
-    const own = (this.dispatcher as { stats?: unknown }).stats as Record<string, PoolStats> | PoolStats | undefined
+    if (this.#connections !== null) return this.#connections.stats(this.#queued)
+    const own = (this.given as { stats?: unknown }).stats as Record<string, PoolStats> | PoolStats | undefined
     if (own === undefined || own === null) return undefined
     // A Pool keeps its counters itself; an Agent keeps them per origin, and drops an origin it has no connection to.
     const stats = typeof own.connected === 'number' ? own as PoolStats : (own as Record<string, PoolStats>)[this.origin] ?? NO_CONNECTIONS
     return { connected: stats.connected, free: stats.free, pending: stats.pending, queued: stats.queued, running: stats.running, size: stats.size }
   }
 
-  /** Waits for what runs to finish, then closes an own pool; a given dispatcher is left open. */
+  /** Waits for what runs to finish, then closes own connections; a given dispatcher is left open. */
   async close (): Promise<void> {
-    if (this.owned) await this.dispatcher.close()
+    if (this.#connections !== null) await this.#connections.close()
   }
 
   async destroy (clientName: string): Promise<void> {
-    if (this.owned) await this.dispatcher.destroy(new ClientClosedError({ clientName }))
+    if (this.#connections !== null) await this.#connections.destroy(new ClientClosedError({ clientName }))
   }
 }
 
@@ -149,25 +177,33 @@ function rootConnector (options: Pool.Options): buildConnector.connector {
   }
 }
 
-/** The upstreams of a client: one per replica, each with its own pool unless a dispatcher was given. */
+/** The upstreams of a client: one per replica, each with its own connections unless a dispatcher was given. */
 export function createUpstreams (options: ResolvedClientOptions, optionPath: string): Upstream[] {
   const given = options.dispatcher as Dispatcher | undefined
   return options.origins.map((origin) => {
-    if (given !== undefined) return new Upstream(origin, given, false)
-    let pool: Pool
+    if (given !== undefined) return new Upstream(origin, given)
+    let connections: Connections
     try {
-      const connect = options.pool.connect as unknown
-      if (connect != null && typeof connect !== 'function' && typeof connect !== 'object') throw new TypeError('connect must be a function or an object')
+      checkPoolOptions(options.pool)
       // Every attempt is bounded by the client's own timer heap; undici's per-request
       // header and body timers would only repeat it, at a timer per request. Set in `pool`, they apply.
       const poolOptions: Pool.Options = { headersTimeout: 0, bodyTimeout: 0, ...options.pool, connect: rootConnector(options.pool) }
-      pool = new Pool(origin, poolOptions)
-      // The pool makes its clients lazily: one made now (no socket) has undici check the
+      connections = new Connections(origin, poolOptions)
+      // Connections are made lazily: one made now (no socket) has undici check the
       // options only its Client reads, so they fail here rather than on every call.
       if (options.pool.factory === undefined) new Client(origin, poolOptions).destroy(() => {})
     } catch (error) {
       throw new InvalidOptionsError(optionPath === '' ? 'pool' : `${optionPath}.pool`, (error as Error).message, options.name)
     }
-    return new Upstream(origin, pool, true)
+    return new Upstream(origin, connections)
   })
+}
+
+/** What undici's `Pool` checks itself; the options of its `Client` are checked by making one. */
+function checkPoolOptions (pool: Pool.Options): void {
+  const { connections, factory, clientTtl, connect } = pool as Record<string, unknown>
+  if (connections != null && (typeof connections !== 'number' || !Number.isFinite(connections) || connections < 0)) throw new TypeError('invalid connections')
+  if (factory !== undefined && typeof factory !== 'function') throw new TypeError('factory must be a function')
+  if (clientTtl != null && (typeof clientTtl !== 'number' || !(clientTtl >= 0))) throw new TypeError('clientTtl must be a number of ms')
+  if (connect != null && typeof connect !== 'function' && typeof connect !== 'object') throw new TypeError('connect must be a function or an object')
 }
