@@ -5,7 +5,7 @@ import { runInOtelContext } from './async-context'
 import type { PermitValue } from './circuit-breaker'
 import { type CallDetails, HttpClientError, ResponseTooLargeError, type TimeoutKind, TimeoutError, UpstreamError } from './errors'
 import { dispatching } from './events'
-import type { Connection } from './connections'
+import { type Connection, handlerFrames } from './connections'
 import type { Sendable, Upstream } from './pool'
 import type { TimedEntry, TimerHeap } from './timeouts'
 
@@ -201,27 +201,37 @@ export class Attempt implements Sendable, TimedEntry {
   onResponseEnd (): void {
     if (this.phase === Phase.Done) return
     const streaming = this.phase === Phase.Streaming
-    this.#finish()
-    if (this.#stream !== null) this.#stream.push(null)
-    if (this.#reader !== null) {
-      const [resolve] = this.#reader
-      this.#reader = null
-      resolve(this.bytes())
+    handlerFrames.depth++
+    try {
+      this.#finish()
+      if (this.#stream !== null) this.#stream.push(null)
+      if (this.#reader !== null) {
+        const [resolve] = this.#reader
+        this.#reader = null
+        resolve(this.bytes())
+      }
+      if (streaming) this.owner.onBodyEnd(this)
+      else this.owner.onAttemptEnd(this)
+    } finally {
+      handlerFrames.depth--
     }
-    if (streaming) this.owner.onBodyEnd(this)
-    else this.owner.onAttemptEnd(this)
   }
 
   onResponseError (_controller: DispatchController | null, error: Error): void {
     if (this.phase === Phase.Done) return
     const streaming = this.phase === Phase.Streaming
     if (this.cut === Cut.None) this.error = error
-    this.#finish()
-    if (streaming) {
-      this.#failBody()
-      this.owner.onBodyEnd(this)
-    } else {
-      this.owner.onAttemptEnd(this)
+    handlerFrames.depth++
+    try {
+      this.#finish()
+      if (streaming) {
+        this.#failBody()
+        this.owner.onBodyEnd(this)
+      } else {
+        this.owner.onAttemptEnd(this)
+      }
+    } finally {
+      handlerFrames.depth--
     }
   }
 

@@ -25,13 +25,23 @@ export class Connection {
 type Factory = (origin: URL, options: object) => Dispatcher
 
 /**
+ * How many of our handler's end callbacks are running. A connection given
+ * back there is free at once, but it must not be dispatched on before
+ * undici's own callback has returned: undici is between two steps of its
+ * bookkeeping then (a dispatch from inside its connect-error loop trips its
+ * assertions). Attempts sent meanwhile wait for the next microtask.
+ */
+export const handlerFrames = { depth: 0 }
+
+/**
  * A client's own pool to one origin: up to `connections` undici `Client`s,
  * made as they are needed, each taking up to `pipelining` attempts at once.
  *
  * Connections with room wait on a stack, so taking one and giving it back
  * are O(1) (undici's `Pool` scans its clients for a free one, twice a
  * request), and the most recently used connection, whose socket is warm, is
- * taken first. As `Pool` does, a connection whose connect failed is not
+ * taken first: a connection is taken again as soon as its response is over,
+ * as undici's `Client` writes a request dispatched then. As `Pool` does, a connection whose connect failed is not
  * given attempts again (nodejs/undici#3895), and one older than `clientTtl`
  * is closed when it would next be taken.
  */
@@ -67,7 +77,7 @@ export class Connections {
       if (this.#clientTtl > 0 && connection.connectedAt > 0 && Date.now() - connection.connectedAt > this.#clientTtl) {
         this.#retire(connection)
         if (connection.running === 0) this.#drop(connection)
-        connection.dispatcher.close().catch(ignore)
+        connection.dispatcher.close().then(ignore, ignore)
         continue
       }
       if (++connection.running >= this.#pipelining) {

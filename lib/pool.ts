@@ -1,6 +1,6 @@
 import { buildConnector, Client, type Dispatcher, type Pool } from 'undici'
 import { rootScope } from './async-context'
-import { Connection, Connections } from './connections'
+import { Connection, Connections, handlerFrames } from './connections'
 import { ClientClosedError, InvalidOptionsError } from './errors'
 import type { ResolvedClientOptions } from './options'
 
@@ -57,6 +57,7 @@ export class Upstream {
   #head: Sendable | null = null
   #tail: Sendable | null = null
   #queued = 0
+  #queuedScheduled = false
 
   constructor (origin: string, route: Connections | Dispatcher) {
     this.origin = origin
@@ -82,7 +83,7 @@ export class Upstream {
       attempt.dispatch(false)
       return
     }
-    if (this.#head === null) {
+    if (this.#head === null && handlerFrames.depth === 0) {
       const connection = connections.take()
       if (connection !== null) {
         attempt.connection = connection
@@ -96,6 +97,8 @@ export class Upstream {
     else this.#tail.queueNext = attempt
     this.#tail = attempt
     this.#queued++
+    // Sent from inside one of undici's callbacks: the connection it would take may be the one undici is finishing.
+    if (handlerFrames.depth > 0) this.#scheduleQueued()
   }
 
   /** A queued attempt is given up before it was sent. */
@@ -117,11 +120,22 @@ export class Upstream {
     const connections = this.#connections
     if (connections === null) return
     connections.giveBack(attempt.connection as Connection)
-    if (this.#head !== null) this.#sendQueued(connections)
+    if (this.#head !== null) this.#scheduleQueued()
   }
 
-  #sendQueued (connections: Connections): void {
-    // Re-read on every turn: a dispatch that fails at once releases, and sends from here, again.
+  /** The attempts waiting go out on the next microtask: after undici's callback has returned. */
+  #scheduleQueued (): void {
+    if (this.#queuedScheduled) return
+    this.#queuedScheduled = true
+    // Scheduled from whichever call ended: the queue moves on in no request's context.
+    rootScope.runInAsyncScope(queueMicrotask, null, this.#sendQueued)
+  }
+
+  /** Attempts waiting go out, in order, while a connection has room. */
+  readonly #sendQueued = (): void => {
+    this.#queuedScheduled = false
+    const connections = this.#connections as Connections
+    // Re-read on every turn: a dispatch that fails at once releases its connection again.
     while (this.#head !== null) {
       const connection = connections.take()
       if (connection === null) return
