@@ -39,9 +39,11 @@ export const handlerFrames = { depth: 0 }
  *
  * Connections with room wait on a stack, so taking one and giving it back
  * are O(1) (undici's `Pool` scans its clients for a free one, twice a
- * request), and the most recently used connection, whose socket is warm, is
- * taken first: a connection is taken again as soon as its response is over,
- * as undici's `Client` writes a request dispatched then. As `Pool` does, a connection whose connect failed is not
+ * request). The most recently used connection, whose socket is warm, is
+ * taken first, and it is taken again as soon as its response is over (a
+ * `Client` writes a request dispatched then at once; `Pool` waits for the
+ * client's `'drain'`, a turn of the event loop later, and meanwhile opens
+ * other sockets). As `Pool` does, a connection whose connect failed is not
  * given attempts again (nodejs/undici#3895), and one older than `clientTtl`
  * is closed when it would next be taken.
  */
