@@ -31,21 +31,21 @@ export interface TimedUpstream extends Upstream {
 }
 
 /**
- * A real upstream whose answer to each request is chosen by `plan(index, open)`
+ * A real upstream whose answer to each request is chosen by `plan(index, open, url)`
  * (`open`: requests in progress, this one included). It records which requests
  * the client cut (the response closed before it was sent) and the most it was
  * ever asked to work on at once.
  */
-export async function timedUpstream (t: Test, plan: (index: number, open: number) => Step): Promise<TimedUpstream> {
+export async function timedUpstream (t: Test, plan: (index: number, open: number, url: string) => Step): Promise<TimedUpstream> {
   const seen: Seen[] = []
   let open = 0
   let maxOpen = 0
-  const upstream = await startUpstream((_req, res, _hit, index) => {
+  const upstream = await startUpstream((_req, res, hit, index) => {
     open++
     if (open > maxOpen) maxOpen = open
     const record: Seen = { index, cut: false, answered: false }
     seen.push(record)
-    const step = plan(index, open)
+    const step = plan(index, open, hit.url)
     let timer: NodeJS.Timeout | undefined
     res.on('close', () => {
       open--
