@@ -63,6 +63,7 @@ export class Connections {
   constructor (origin: string, options: Pool.Options) {
     const { connections, factory, clientTtl, ...clientOptions } = options
     this.#origin = new URL(origin)
+    // What undici's Pool hands its factory: the Client options, and clientTtl.
     this.#options = { ...clientOptions, clientTtl } as Pool.Options
     this.#factory = (factory as Factory | undefined) ?? makeClient
     // As in undici's Pool: 0 or null is no limit.

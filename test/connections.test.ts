@@ -34,6 +34,35 @@ async function heldUpstream (t: Test): Promise<Upstream & { held(): number, rele
   })
 }
 
+type ConnectCallback = (error: Error | null, socket: net.Socket | null) => void
+
+/**
+ * A `pool.connect` whose first connect is refused, at once or (`later`) on the
+ * next turn of the loop as a real socket's would be; the others connect.
+ */
+function refuseFirstConnect (later: boolean): (options: { hostname: string, port: string }, callback: ConnectCallback) => void {
+  let connects = 0
+  return (options, callback) => {
+    if (++connects === 1) {
+      const refuse = (): void => callback(Object.assign(new Error('connect refused by the test'), { code: 'ECONNREFUSED' }), null)
+      if (later) setImmediate(refuse)
+      else refuse()
+      return
+    }
+    const socket = net.connect({ host: options.hostname, port: Number(options.port) })
+    socket.once('connect', () => callback(null, socket)).once('error', (error) => callback(error, null))
+  }
+}
+
+/** A `pool.factory` that makes undici Clients and keeps them in `made`. */
+function countingFactory (made: Client[]): (origin: URL, options: Client.Options) => Dispatcher {
+  return (origin, options) => {
+    const client = new Client(origin, options)
+    made.push(client)
+    return client
+  }
+}
+
 test('attempts beyond the connections wait in the queue, counted as queued, and go out as connections free up', async (t) => {
   const upstream = await heldUpstream(t)
   const client = clientFor(t, upstream.url, { connections: 2 })
@@ -71,24 +100,7 @@ test('pipelining: a connection takes that many attempts at once before another i
 test('a connection whose connect failed is not used again: the next attempt gets a new one', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { ok: true }))
   const made: Client[] = []
-  let refuse = true
-  const client = clientFor(t, upstream.url, {
-    connections: 1,
-    connect (options: { hostname: string, port: string }, callback: (error: Error | null, socket: net.Socket | null) => void) {
-      if (refuse) {
-        refuse = false
-        callback(Object.assign(new Error('connect refused by the test'), { code: 'ECONNREFUSED' }), null)
-        return
-      }
-      const socket = net.connect({ host: options.hostname, port: Number(options.port) })
-      socket.once('connect', () => callback(null, socket)).once('error', (error) => callback(error, null))
-    },
-    factory (origin: URL, options: Client.Options): Dispatcher {
-      const made1 = new Client(origin, options)
-      made.push(made1)
-      return made1
-    }
-  })
+  const client = clientFor(t, upstream.url, { connections: 1, connect: refuseFirstConnect(false), factory: countingFactory(made) })
   const error = await rejection(client.get('/first'))
   t.ok(error instanceof UpstreamError, 'the refused connect fails the attempt')
   t.equal((await client.get('/second')).statusCode, 200, 'the next call is answered')
@@ -99,24 +111,8 @@ test('a connection whose connect failed is not used again: the next attempt gets
 test('an attempt queued behind a failed connect goes out on a new connection', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { ok: true }))
   const made: Client[] = []
-  let connects = 0
-  const client = clientFor(t, upstream.url, {
-    connections: 1,
-    connect (options: { hostname: string, port: string }, callback: (error: Error | null, socket: net.Socket | null) => void) {
-      if (++connects === 1) {
-        // Refused later, as a real socket is: the second call is queued by then.
-        setImmediate(() => callback(Object.assign(new Error('connect refused by the test'), { code: 'ECONNREFUSED' }), null))
-        return
-      }
-      const socket = net.connect({ host: options.hostname, port: Number(options.port) })
-      socket.once('connect', () => callback(null, socket)).once('error', (error) => callback(error, null))
-    },
-    factory (origin: URL, options: Client.Options): Dispatcher {
-      const made1 = new Client(origin, options)
-      made.push(made1)
-      return made1
-    }
-  })
+  // Refused on the next turn of the loop: the second call is queued by then.
+  const client = clientFor(t, upstream.url, { connections: 1, connect: refuseFirstConnect(true), factory: countingFactory(made) })
   const first = rejection(client.get('/first'))
   const second = client.get('/second')
   t.match(client.stats().pool, { queued: 1 }, 'the second call waits for the only connection')
@@ -149,18 +145,7 @@ test('clientTtl with pipelining: a connection past its ttl with an attempt on it
 
 test('a call made synchronously while undici reports a failed connect waits for undici to finish, then goes out', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { ok: true }))
-  let connects = 0
-  const client = clientFor(t, upstream.url, {
-    connections: 1,
-    connect (options: { hostname: string, port: string }, callback: (error: Error | null, socket: net.Socket | null) => void) {
-      if (++connects === 1) {
-        setImmediate(() => callback(Object.assign(new Error('connect refused by the test'), { code: 'ECONNREFUSED' }), null))
-        return
-      }
-      const socket = net.connect({ host: options.hostname, port: Number(options.port) })
-      socket.once('connect', () => callback(null, socket)).once('error', (error) => callback(error, null))
-    }
-  }, { retry: { backoffInitialMs: 1, backoffMaxMs: 1, budget: false } })
+  const client = clientFor(t, upstream.url, { connections: 1, connect: refuseFirstConnect(true) }, { retry: { backoffInitialMs: 1, backoffMaxMs: 1, budget: false } })
   // A retry event is published from inside undici's connect-error callback; a subscriber calls at once.
   let fromSubscriber: Promise<number> | undefined
   const onRetry = (): void => {
@@ -175,14 +160,7 @@ test('a call made synchronously while undici reports a failed connect waits for 
 test('failed connects over and over do not pile up connections', async (t) => {
   const port = await refusedPort()
   const made: Client[] = []
-  const client = clientFor(t, `http://127.0.0.1:${port}`, {
-    connections: 2,
-    factory (origin: URL, options: Client.Options): Dispatcher {
-      const made1 = new Client(origin, options)
-      made.push(made1)
-      return made1
-    }
-  }, { circuitBreaker: false })
+  const client = clientFor(t, `http://127.0.0.1:${port}`, { connections: 2, factory: countingFactory(made) }, { circuitBreaker: false })
   for (let i = 0; i < 20; i++) t.ok(await rejection(client.get('/refused')) instanceof UpstreamError)
   t.equal(made.length, 20, 'each refused connect retires its connection')
   t.match(client.stats().pool, { connected: 0, running: 0, queued: 0, size: 0 })
