@@ -202,7 +202,8 @@ export class Call implements AttemptOwner, TimedEntry {
   #optionsFor (upstream: Upstream, now: number): PreparedRequest['options'] {
     const options = this.request.options
     const header = this.request.deadlineHeader
-    const otherOrigin = !upstream.owned && upstream.origin !== options.origin
+    // Own connections know their origin; a given dispatcher is told it.
+    const otherOrigin = upstream.given !== null && upstream.origin !== options.origin
     if (header === undefined && !otherOrigin) return options
     let headers = options.headers
     if (header !== undefined) {

@@ -41,7 +41,6 @@ export class Upstream {
   readonly origin: string
   /** The dispatcher given in the options; null when the client has its own connections. */
   readonly given: Dispatcher | null
-  readonly owned: boolean
   /** Attempts routed here and not over yet, queued or sent: the power-of-two-choices load. */
   inFlight = 0
   // Outlier detection, kept by the replica set.
@@ -63,12 +62,10 @@ export class Upstream {
     this.origin = origin
     if (route instanceof Connections) {
       this.given = null
-      this.owned = true
       this.#connections = route
       this.#direct = null
     } else {
       this.given = route
-      this.owned = false
       this.#connections = null
       this.#direct = new Connection(route)
     }
@@ -216,7 +213,7 @@ export function createUpstreams (options: ResolvedClientOptions, optionPath: str
 /** What undici's `Pool` checks itself; the options of its `Client` are checked by making one. */
 function checkPoolOptions (pool: Pool.Options): void {
   const { connections, factory, clientTtl, connect } = pool as Record<string, unknown>
-  if (connections != null && (typeof connections !== 'number' || !Number.isFinite(connections) || connections < 0)) throw new TypeError('invalid connections')
+  if (connections != null && (typeof connections !== 'number' || !Number.isFinite(connections) || connections < 0)) throw new TypeError('connections must be a number of at least 0 (0 or null: no limit)')
   if (factory !== undefined && typeof factory !== 'function') throw new TypeError('factory must be a function')
   if (clientTtl != null && (typeof clientTtl !== 'number' || !(clientTtl >= 0))) throw new TypeError('clientTtl must be a number of ms')
   if (connect != null && typeof connect !== 'function' && typeof connect !== 'object') throw new TypeError('connect must be a function or an object')
