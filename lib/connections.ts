@@ -14,7 +14,7 @@ export class Connection {
   free = false
   /** Never given another attempt: its connect failed, or it outlived `clientTtl`. */
   retired = false
-  /** When its socket connected (`Date.now()`), for `clientTtl`; 0 until then or without one. */
+  /** When its socket connected (`performance.now()`: a clock step does not age it), for `clientTtl`; 0 until then or without one. */
   connectedAt = 0
 
   constructor (dispatcher: Dispatcher) {
@@ -77,7 +77,7 @@ export class Connections {
     const free = this.#free
     while (free.length > 0) {
       const connection = free[free.length - 1]
-      if (this.#clientTtl > 0 && connection.connectedAt > 0 && Date.now() - connection.connectedAt > this.#clientTtl) {
+      if (this.#clientTtl > 0 && connection.connectedAt > 0 && performance.now() - connection.connectedAt > this.#clientTtl) {
         this.#retire(connection)
         if (connection.running === 0) this.#drop(connection)
         connection.dispatcher.close().then(ignore, ignore)
@@ -148,7 +148,7 @@ export class Connections {
       this.#retire(connection)
       if (connection.running === 0) this.#drop(connection)
     })
-    if (this.#clientTtl > 0) dispatcher.on('connect', () => { connection.connectedAt = Date.now() })
+    if (this.#clientTtl > 0) dispatcher.on('connect', () => { connection.connectedAt = performance.now() })
     return connection
   }
 

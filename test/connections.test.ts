@@ -34,6 +34,10 @@ async function heldUpstream (t: Test): Promise<Upstream & { held(): number, rele
   })
 }
 
+/** `pool.clientTtl` in the tests below, and a wait that outlasts it. */
+const TTL_MS = 300
+const PAST_TTL_MS = 400
+
 type ConnectCallback = (error: Error | null, socket: net.Socket | null) => void
 
 /**
@@ -130,10 +134,11 @@ test('clientTtl with pipelining: a connection past its ttl with an attempt on it
     if (req.url === '/slow') answerFirst = answer
     else answer()
   })
-  const client = clientFor(t, upstream.url, { connections: 1, pipelining: 2, clientTtl: 50 })
+  // A ttl long enough that the new connection outlives the rest of the test on a busy machine.
+  const client = clientFor(t, upstream.url, { connections: 1, pipelining: 2, clientTtl: TTL_MS })
   const slow = client.get('/slow')
   t.ok(await eventually(() => upstream.hits.length === 1), 'the slow call reached the upstream')
-  await new Promise((resolve) => setTimeout(resolve, 100))
+  await new Promise((resolve) => setTimeout(resolve, PAST_TTL_MS))
   const quick = await (await client.get('/quick')).json() as { port: number }
   answerFirst()
   const slowBody = await (await slow).json() as { port: number }
@@ -168,14 +173,26 @@ test('failed connects over and over do not pile up connections', async (t) => {
 
 test('clientTtl: a connection older than it is closed when it would next be taken', async (t) => {
   const upstream = await upstreamFor(t, (req, res) => sendJson(res, 200, { port: req.socket.remotePort }))
-  const client = clientFor(t, upstream.url, { connections: 1, clientTtl: 50 })
+  const client = clientFor(t, upstream.url, { connections: 1, clientTtl: TTL_MS })
   const first = await (await client.get('/a')).json() as { port: number }
   const again = await (await client.get('/b')).json() as { port: number }
   t.equal(again.port, first.port, 'within the ttl the socket is kept')
-  await new Promise((resolve) => setTimeout(resolve, 120))
+  await new Promise((resolve) => setTimeout(resolve, PAST_TTL_MS))
   const later = await (await client.get('/c')).json() as { port: number }
   t.not(later.port, first.port, 'past the ttl a new connection is made')
   t.ok(await eventually(() => client.stats().pool?.connected === 1), 'and the old one closed')
+})
+
+test('clientTtl runs on the monotonic clock: the system clock stepping back does not keep an old connection', async (t) => {
+  const upstream = await upstreamFor(t, (req, res) => sendJson(res, 200, { port: req.socket.remotePort }))
+  const client = clientFor(t, upstream.url, { connections: 1, clientTtl: TTL_MS })
+  const first = await (await client.get('/a')).json() as { port: number }
+  const realNow = Date.now
+  t.teardown(() => { Date.now = realNow })
+  Date.now = () => realNow() - 3_600_000
+  await new Promise((resolve) => setTimeout(resolve, PAST_TTL_MS))
+  const later = await (await client.get('/b')).json() as { port: number }
+  t.not(later.port, first.port, 'past the ttl a new connection is made')
 })
 
 test('a factory given in pool makes the connections', async (t) => {
