@@ -1,10 +1,10 @@
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import fp from 'fastify-plugin'
 import { InvalidOptionsError } from './lib/errors'
-import { HttpClient } from './lib/http-client'
-import { resolvePluginOptions } from './lib/options'
-import { clientsByName } from './lib/registry'
-import { checkPropagateHeaders, installRequestContext } from './lib/request-context'
+import { HttpClient } from './lib/api/http-client'
+import { resolvePluginOptions } from './lib/options/resolve'
+import { clientsByName } from './lib/api/registry'
+import { checkPropagateHeaders, installRequestContext } from './lib/inbound/request-context'
 import type { PluginOptions } from './lib/types'
 
 async function resilientHttpPlugin (fastify: FastifyInstance, options: PluginOptions): Promise<void> {
@@ -38,25 +38,25 @@ export const resilientHttp: FastifyPluginAsync<PluginOptions> = fp(resilientHttp
 })
 
 export default resilientHttp
-export type { HttpClients } from './lib/registry'
-export { requestIdGenerator, isValidRequestId } from './lib/request-id'
-export { currentDeadline, currentRequestId } from './lib/request-context'
-export { createHttpClient, HttpClient } from './lib/http-client'
-export type { ClientStats, PoolStats } from './lib/http-client'
-export type { ReplicaStats } from './lib/replicas'
-export { HttpResponse } from './lib/response'
-export { CHANNELS } from './lib/events'
-export { resendCountSpanHook } from './lib/telemetry'
+export type { HttpClients } from './lib/api/registry'
+export { requestIdGenerator, isValidRequestId } from './lib/inbound/request-id'
+export { currentDeadline, currentRequestId } from './lib/inbound/request-context'
+export { createHttpClient, HttpClient } from './lib/api/http-client'
+export type { ClientStats, PoolStats } from './lib/api/http-client'
+export type { ReplicaStats } from './lib/policies/replicas'
+export { HttpResponse, HttpStatusError } from './lib/pipeline/response'
+export { CHANNELS } from './lib/telemetry/events'
+export { resendCountSpanHook } from './lib/telemetry/otel'
 export type {
   RetryEvent, RetrySkippedEvent, CircuitEvent, RetrySkipReason, HedgeEvent, ShortCircuitedEvent,
   OverloadedEvent, DeadlineExceededEvent, ConcurrencyLimitEvent, ReplicaEvent, CircuitCause
-} from './lib/events'
-export type { CircuitState } from './lib/circuit-breaker'
+} from './lib/telemetry/events'
+export type { CircuitState } from './lib/policies/circuit-breaker'
 export type { Logger } from './lib/logger'
 // Named, not `export *`: the trailing `module.exports =` below hides star re-exports
 // from Node's CommonJS named-export detection, so ESM `import { TimeoutError }` would fail.
 export {
-  HttpClientError, CircuitOpenError, OverloadedError, TimeoutError, UpstreamError, HttpStatusError,
+  HttpClientError, CircuitOpenError, OverloadedError, TimeoutError, UpstreamError,
   InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError
 } from './lib/errors'
 export type { CallDetails, TimeoutKind } from './lib/errors'

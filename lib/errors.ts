@@ -4,7 +4,6 @@
  * (`statusCode`), and names the client; call errors also name the method
  * and path. No message ever quotes an upstream body.
  */
-import type { HttpResponse } from './response'
 
 /** Where a failing call came from. */
 export interface CallDetails {
@@ -60,7 +59,7 @@ export class HttpClientError extends Error {
   }
 }
 
-function describeCall (details: CallDetails): string {
+export function describeCall (details: CallDetails): string {
   return details.method === undefined ? `${details.clientName}` : `${details.clientName}: ${details.method} ${details.path}`
 }
 
@@ -140,26 +139,6 @@ export class UpstreamError extends HttpClientError {
   constructor (details: CallDetails) {
     const reason = details.cause instanceof Error ? details.cause.message : String(details.cause)
     super('FRH_UPSTREAM', `${describeCall(details)} failed after ${details.attempts} attempt(s): ${reason}`, details, 502)
-  }
-}
-
-/**
- * `raiseForStatus()` on a non-2xx response. Its own `statusCode` is 502: an
- * upstream's 401 must not tell the app's callers that they are unauthorized.
- */
-export class HttpStatusError extends HttpClientError {
-  /** The status the upstream answered with. */
-  declare readonly upstreamStatusCode: number
-  /** The first KiB of the response body, as text. Never part of the message. */
-  declare readonly body: string
-  /** The response itself (not enumerable, so loggers do not walk its stream). */
-  declare readonly response: HttpResponse | undefined
-
-  constructor (details: CallDetails, upstreamStatusCode: number, body: string, response?: HttpResponse) {
-    super('FRH_HTTP_STATUS', `${describeCall(details)} answered ${upstreamStatusCode}`, details, 502)
-    this.upstreamStatusCode = upstreamStatusCode
-    this.body = body
-    Object.defineProperty(this, 'response', { value: response, enumerable: false })
   }
 }
 

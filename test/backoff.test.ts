@@ -1,6 +1,6 @@
 import { test, type Test } from 'tap'
-import { backoffDelay, retryAfterDelay } from '../lib/backoff'
-import { DEFAULT_RETRY, type ResolvedRetry } from '../lib/options'
+import { backoffDelay, retryAfterDelay } from '../lib/pipeline/backoff'
+import { DEFAULT_RETRY, type ResolvedRetry } from '../lib/options/resolve'
 import { CLOCK_START, ManualClock, clockedClient, untilTimer } from './helpers/manual-clock'
 import { sendJson, startUpstream } from './helpers/upstream'
 

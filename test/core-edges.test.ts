@@ -241,6 +241,6 @@ test('a given undici Agent: its per-origin stats are the client\'s pool stats; p
 })
 
 test('a Retry-After date that does not parse sets no wait', async (t) => {
-  const { retryAfterDelay } = await import('../lib/backoff')
+  const { retryAfterDelay } = await import('../lib/pipeline/backoff')
   t.equal(retryAfterDelay('Mon, 99 Foo 2024 99:99:99 GMT', 0), undefined)
 })

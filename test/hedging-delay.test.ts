@@ -2,8 +2,8 @@ import { once } from 'node:events'
 import { Worker } from 'node:worker_threads'
 import { request } from 'undici'
 import { test, type Test } from 'tap'
-import { LatencyTracker, select } from '../lib/hedging'
-import { createHttpClient } from '../lib/http-client'
+import { LatencyTracker, select } from '../lib/pipeline/hedging'
+import { createHttpClient } from '../lib/api/http-client'
 
 test('select() finds the k-th smallest, duplicates and all', async (t) => {
   // A small linear congruential generator: the same arrays on every run.

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream'
 import { test, type Test } from 'tap'
 import { UpstreamError } from '../lib/errors'
-import { createHttpClient, type HttpClient } from '../lib/http-client'
+import { createHttpClient, type HttpClient } from '../lib/api/http-client'
 import type { ClientOptions } from '../lib/types'
 import { type Handler, sendJson, startUpstream, type Upstream, refusedPort, rejection } from './helpers/upstream'
 

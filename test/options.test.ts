@@ -7,7 +7,7 @@ import pino from 'pino'
 import { test, type Test } from 'tap'
 import { Agent, MockAgent } from 'undici'
 import resilientHttp, { CHANNELS, createHttpClient, HttpClientError, InvalidOptionsError, InvalidRequestError, type RetryEvent } from '../plugin'
-import { resolveHedge, resolvePluginOptions } from '../lib/options'
+import { resolveHedge, resolvePluginOptions } from '../lib/options/resolve'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, rejection } from './helpers/upstream'
 

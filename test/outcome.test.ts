@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { isDrop } from '../lib/outcome'
+import { isDrop } from '../lib/pipeline/outcome'
 
 test('the adaptive limit\'s drops: a timeout, a refused or reset connection, a 429 or a 503', async (t) => {
   t.equal(isDrop(0, undefined, true), true, 'an attempt timeout')

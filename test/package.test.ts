@@ -143,7 +143,7 @@ test('npm pack ships the build and types, and a consumer uses them', async (t) =
   const tarball = readTarball(await readFile(path.join(tmp, report.filename)))
   const files = [...tarball.keys()].map((name) => name.replace(/^package\//, '')).sort()
 
-  for (const required of ['package.json', 'README.md', 'LICENSE', 'dist/plugin.js', 'dist/plugin.d.ts', 'types/index.d.ts', 'dist/lib/http-client.js', 'dist/lib/errors.d.ts']) {
+  for (const required of ['package.json', 'README.md', 'LICENSE', 'dist/plugin.js', 'dist/plugin.d.ts', 'types/index.d.ts', 'dist/lib/api/http-client.js', 'dist/lib/errors.d.ts']) {
     t.ok(files.includes(required), `the tarball has ${required}`)
   }
   for (const file of files) {

@@ -6,7 +6,7 @@ import { test } from 'tap'
 import {
   DEFAULT_BREAKER, DEFAULT_CONNECTIONS, DEFAULT_HEDGE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_OUTLIER, DEFAULT_RETRY, DEFAULT_TIMEOUT,
   DEFAULT_TOTAL_TIMEOUT, resolveClientOptions, resolvePluginOptions
-} from '../lib/options'
+} from '../lib/options/resolve'
 
 // The README's ```ts and ```js blocks are compiled against the published
 // types and, when marked `<!-- readme-test: run -->`, run (as tsc emitted

@@ -1,6 +1,6 @@
 import { test, type Test } from 'tap'
-import { createHttpClient, type HttpClient } from '../lib/http-client'
-import { RetryBudget } from '../lib/retry-budget'
+import { createHttpClient, type HttpClient } from '../lib/api/http-client'
+import { RetryBudget } from '../lib/policies/retry-budget'
 import type { ClientOptions } from '../lib/types'
 import { ManualClock, clockedClient, until } from './helpers/manual-clock'
 import { sendJson, startUpstream, type Upstream } from './helpers/upstream'

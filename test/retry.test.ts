@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import { TimeoutError, UpstreamError } from '../lib/errors'
-import { createHttpClient, type HttpClient } from '../lib/http-client'
+import { createHttpClient, type HttpClient } from '../lib/api/http-client'
 import type { ClientOptions } from '../lib/types'
 import { CLOCK_START, ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
 import { type Handler, sendJson, startUpstream, type Upstream, refusedPort } from './helpers/upstream'

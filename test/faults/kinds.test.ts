@@ -5,7 +5,7 @@ import resilientHttp, {
   CHANNELS, type ClientOptions, HttpStatusError, ResponseTooLargeError, type RetryEvent, type RetrySkippedEvent,
   TimeoutError, UpstreamError
 } from '../../plugin'
-import type { HttpClient } from '../../lib/http-client'
+import type { HttpClient } from '../../lib/api/http-client'
 import '../helpers/fastify-types'
 import { type FaultUpstream, refusedPort, startFaultUpstream } from '../helpers/fault-upstream'
 

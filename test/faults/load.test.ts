@@ -1,7 +1,7 @@
 import Fastify from 'fastify'
 import { test, type Test } from 'tap'
 import resilientHttp, { type ClientOptions } from '../../plugin'
-import type { HttpClient } from '../../lib/http-client'
+import type { HttpClient } from '../../lib/api/http-client'
 import '../helpers/fastify-types'
 import {
   budgetWindows, errorLabel, type FaultKind, faultSummary, randomPlan, runConcurrently, seededRandom, settleDown,

@@ -15,7 +15,7 @@ const execFileAsync = promisify(execFile)
 test('a call waiting to retry keeps the process alive until it settles', async (t) => {
   const port = await refusedPort()
   const script = `
-    const { createHttpClient } = require('./lib/http-client')
+    const { createHttpClient } = require('./plugin')
     const client = createHttpClient({ name: 'script', baseUrl: 'http://127.0.0.1:${port}', retry: { backoffInitialMs: 300, jitter: 'none' } })
     client.get('/').then(
       (res) => console.log('resolved', res.statusCode),

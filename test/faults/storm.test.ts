@@ -2,7 +2,7 @@ import diagnosticsChannel from 'node:diagnostics_channel'
 import Fastify from 'fastify'
 import { test, type Test } from 'tap'
 import resilientHttp, { type CircuitEvent, CHANNELS, type ClientOptions } from '../../plugin'
-import type { HttpClient } from '../../lib/http-client'
+import type { HttpClient } from '../../lib/api/http-client'
 import '../helpers/fastify-types'
 import { budgetWindows, errorLabel, runConcurrently, startFaultUpstream, Tally, watchProcess } from '../helpers/fault-upstream'
 

@@ -1,6 +1,6 @@
 import { Readable, Transform, Writable, pipeline } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { HttpClient } from '../../lib/http-client'
+import type { HttpClient } from '../../lib/api/http-client'
 
 /**
  * A service module that never sees the inbound request: it is handed a client

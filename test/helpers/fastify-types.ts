@@ -1,4 +1,4 @@
-import type { HttpClient } from '../../lib/http-client'
+import type { HttpClient } from '../../lib/api/http-client'
 
 // The public types (types/index.d.ts) type `fastify.httpClients` for users;
 // the tests import the sources, so they declare it here.

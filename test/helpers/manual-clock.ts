@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Clock, RandomSource } from '../../lib/clock'
-import { HttpClient } from '../../lib/http-client'
+import { HttpClient } from '../../lib/api/http-client'
 import { type Logger, silentLogger } from '../../lib/logger'
-import { resolveClientOptions } from '../../lib/options'
+import { resolveClientOptions } from '../../lib/options/resolve'
 import type { ClientOptions } from '../../lib/types'
 
 interface ManualTimer {

@@ -5,7 +5,7 @@ import { MeterProvider, MetricReader } from '@opentelemetry/sdk-metrics'
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base'
 import { UndiciInstrumentation } from '@opentelemetry/instrumentation-undici'
 import FastifyOtelInstrumentation from '@fastify/otel'
-import { resendCountSpanHook } from '../../lib/telemetry'
+import { resendCountSpanHook } from '../../lib/telemetry/otel'
 
 /** A metric reader that collects only when asked: the test reads the counters it wants, when it wants. */
 class OnDemandReader extends MetricReader {

@@ -1,5 +1,5 @@
 import type { Test } from 'tap'
-import type { HttpClient } from '../../lib/http-client'
+import type { HttpClient } from '../../lib/api/http-client'
 import { until } from './manual-clock'
 import { startUpstream, type Upstream } from './upstream'
 

@@ -56,7 +56,7 @@ test('errors carry their fields', () => {
     expect(error.statusCode).type.toBe<number>()
     expect(error.upstreamStatusCode).type.toBe<number>()
     expect(error.body).type.toBe<string>()
-    expect(error.response).type.toBe<HttpResponse | undefined>()
+    expect(error.response).type.toBe<HttpResponse>()
   }
   if (error instanceof OverloadedError) {
     expect(error.limit).type.toBe<number>()
@@ -69,7 +69,7 @@ test('errors carry their fields', () => {
   expect<TimeoutKind>().type.toBe<'attempt' | 'total' | 'deadline'>()
   expect(OverloadedError).type.toBeConstructableWith({ clientName: 'a' }, 10)
   expect(OverloadedError).type.not.toBeConstructableWith({ clientName: 'a' }, '10')
-  expect(HttpStatusError).type.toBeConstructableWith({ clientName: 'a' }, 401, 'body')
+  expect(HttpStatusError).type.not.toBeConstructableWith({ clientName: 'a' }, 401, 'body')
 })
 
 test('client options: baseUrl, hedging, overload, replicas', () => {

@@ -1,6 +1,8 @@
 import diagnosticsChannel from 'node:diagnostics_channel'
-import type { CircuitState } from './circuit-breaker'
-import type { Logger } from './logger'
+import type { CircuitCause, CircuitState } from '../policies/circuit-breaker'
+import type { Logger } from '../logger'
+
+export type { CircuitCause } from '../policies/circuit-breaker'
 
 /** Why a retry was not made. */
 export type RetrySkipReason = 'method' | 'budget' | 'deadline' | 'circuit' | 'attempts' | 'stream-body' | 'closing'
@@ -35,7 +37,6 @@ export interface HedgeEvent extends CallEvent {
 }
 
 /** What moved the circuit. */
-export type CircuitCause = 'failures' | 'retry-after' | 'probe' | 'recovery'
 
 export interface CircuitEvent {
   client: string

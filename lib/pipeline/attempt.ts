@@ -1,13 +1,13 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
-import { runInOtelContext } from './async-context'
-import type { PermitValue } from './circuit-breaker'
-import { type CallDetails, HttpClientError, ResponseTooLargeError, type TimeoutKind, TimeoutError, UpstreamError } from './errors'
-import { dispatching } from './events'
-import { type Connection, handlerFrames } from './connections'
-import type { Sendable, Upstream } from './pool'
-import type { TimedEntry, TimerHeap } from './timeouts'
+import { runInOtelContext } from '../async-context'
+import type { PermitValue } from '../policies/circuit-breaker'
+import { type CallDetails, HttpClientError, ResponseTooLargeError, type TimeoutKind, TimeoutError, UpstreamError } from '../errors'
+import { dispatching } from '../telemetry/events'
+import { type Connection, handlerFrames } from '../transport/connections'
+import type { Sendable, Upstream } from '../transport/upstream'
+import type { TimedEntry, TimerHeap } from './timer-heap'
 
 // The hot path of every call: an attempt is its own undici handler, its own
 // timer-heap entry, its own admission-queue entry and its own body buffer,

@@ -1,5 +1,14 @@
 import { Client, type Dispatcher, type Pool } from 'undici'
-import type { PoolStats } from './pool'
+
+/** The undici pool's own counters. */
+export interface PoolStats {
+  connected: number
+  free: number
+  pending: number
+  queued: number
+  running: number
+  size: number
+}
 
 /**
  * One undici `Client` (one connection) of a client's own pool, and how many

@@ -1,6 +1,7 @@
-import type { CircuitCause } from './events'
-
 export type CircuitState = 'closed' | 'open' | 'half-open'
+
+/** Why the circuit changed state. */
+export type CircuitCause = 'failures' | 'retry-after' | 'probe' | 'recovery'
 
 /**
  * What `acquire()` grants an attempt: `Pass` when the circuit is closed,

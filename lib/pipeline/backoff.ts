@@ -1,5 +1,5 @@
-import type { RandomSource } from './clock'
-import type { ResolvedRetry } from './options'
+import type { RandomSource } from '../clock'
+import type { ResolvedRetry } from '../options/resolve'
 
 /**
  * The wait before retry number `retry` (1 for the first retry): the

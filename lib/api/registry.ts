@@ -1,4 +1,4 @@
-import { InvalidRequestError } from './errors'
+import { InvalidRequestError } from '../errors'
 import type { HttpClient } from './http-client'
 
 /** `fastify.httpClients`: the registered clients by name; asking for another name throws. */

@@ -1,6 +1,6 @@
 import type { RouteOptions } from 'fastify'
-import { InvalidOptionsError } from './errors'
-import { describe } from './validate'
+import { InvalidOptionsError } from '../errors'
+import { describe } from '../validate'
 
 declare module 'fastify' {
   interface FastifyContextConfig {

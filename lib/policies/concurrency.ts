@@ -1,4 +1,4 @@
-import type { ResolvedAdaptive } from './options'
+import type { ResolvedAdaptive } from '../options/resolve'
 
 /** Told when the adaptive limit moves. */
 export type LimitListener = (from: number, to: number) => void

@@ -1,9 +1,29 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Attempt } from './attempt'
-import { type CallDetails, HttpStatusError } from './errors'
+import { type CallDetails, describeCall, HttpClientError } from '../errors'
 
 const QUOTED_BODY_BYTES = 1024
+
+/**
+ * `raiseForStatus()` on a non-2xx response. Its own `statusCode` is 502: an
+ * upstream's 401 must not tell the app's callers that they are unauthorized.
+ */
+export class HttpStatusError extends HttpClientError {
+  /** The status the upstream answered with. */
+  declare readonly upstreamStatusCode: number
+  /** The first KiB of the response body, as text. Never part of the message. */
+  declare readonly body: string
+  /** The response itself (not enumerable, so loggers do not walk its stream). */
+  declare readonly response: HttpResponse
+
+  constructor (details: CallDetails, upstreamStatusCode: number, body: string, response: HttpResponse) {
+    super('FRH_HTTP_STATUS', `${describeCall(details)} answered ${upstreamStatusCode}`, details, 502)
+    this.upstreamStatusCode = upstreamStatusCode
+    this.body = body
+    Object.defineProperty(this, 'response', { value: response, enumerable: false })
+  }
+}
 
 /**
  * The answer to a call. Its body comes as undici hands over the chunks;

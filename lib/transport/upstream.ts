@@ -1,18 +1,10 @@
 import { buildConnector, Client, type Dispatcher, type Pool } from 'undici'
-import { rootScope } from './async-context'
-import { Connection, Connections, handlerFrames } from './connections'
-import { ClientClosedError, InvalidOptionsError } from './errors'
-import type { ResolvedClientOptions } from './options'
+import { rootScope } from '../async-context'
+import { Connection, Connections, handlerFrames, type PoolStats } from './connections'
+import { ClientClosedError, InvalidOptionsError } from '../errors'
+import type { ResolvedClientOptions } from '../options/resolve'
 
-/** The undici pool's own counters. */
-export interface PoolStats {
-  connected: number
-  free: number
-  pending: number
-  queued: number
-  running: number
-  size: number
-}
+export type { PoolStats } from './connections'
 
 const NO_CONNECTIONS: PoolStats = Object.freeze({ connected: 0, free: 0, pending: 0, queued: 0, running: 0, size: 0 })
 

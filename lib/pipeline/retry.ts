@@ -1,10 +1,10 @@
 import { backoffDelay, retryAfterDelay } from './backoff'
-import type { CircuitBreaker } from './circuit-breaker'
-import type { RandomSource } from './clock'
-import type { RetrySkipReason } from './events'
-import type { ResolvedRetry } from './options'
+import type { CircuitBreaker } from '../policies/circuit-breaker'
+import type { RandomSource } from '../clock'
+import type { RetrySkipReason } from '../telemetry/events'
+import type { ResolvedRetry } from '../options/resolve'
 import { neverReachedUpstream } from './outcome'
-import type { RetryBudget } from './retry-budget'
+import type { RetryBudget } from '../policies/retry-budget'
 
 /** Methods that may be repeated without changing the outcome (RFC 9110, 9.2.2). */
 const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])

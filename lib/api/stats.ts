@@ -1,6 +1,6 @@
-import type { CircuitState } from './circuit-breaker'
-import type { PoolStats } from './pool'
-import type { ReplicaStats } from './replicas'
+import type { CircuitState } from '../policies/circuit-breaker'
+import type { PoolStats } from '../transport/upstream'
+import type { ReplicaStats } from '../policies/replicas'
 
 /** Counters behind `stats()`, kept since the client was made. */
 export class Counters {

@@ -1,12 +1,12 @@
 import type { Dispatcher, Pool } from 'undici'
-import { InvalidOptionsError } from './errors'
-import { type HeaderList, toHeaderList } from './headers'
-import type { ClientOptions, Jitter, PluginOptions, RetryOptions } from './types'
-import { parseBaseUrl } from './url'
+import { InvalidOptionsError } from '../errors'
+import { type HeaderList, toHeaderList } from '../headers'
+import type { ClientOptions, Jitter, PluginOptions, RetryOptions } from '../types'
+import { parseBaseUrl } from '../url'
 import {
   checkBoolean, checkDuration, checkInteger, checkKeys, checkNumber, checkObject,
   describe, type Fail, isHeaderName, isPlainObject, MAX_TIMER_MS
-} from './validate'
+} from '../validate'
 
 export interface ResolvedRetry {
   readonly maxAttempts: number

@@ -1,5 +1,5 @@
-import { Verdict, type VerdictValue } from './circuit-breaker'
-import type { ResolvedRetry } from './options'
+import { Verdict, type VerdictValue } from '../policies/circuit-breaker'
+import type { ResolvedRetry } from '../options/resolve'
 
 /**
  * What an attempt's end means, decided in one place: whether it may be

@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto'
 import type { Dispatcher } from 'undici'
-import { InvalidRequestError } from './errors'
-import { type HeaderList, hasHeader, mergeHeaderLists, toHeaderList } from './headers'
-import { DEFAULT_RETRY, type ResolvedClientOptions, type ResolvedHedge, type ResolvedRetry, resolveHedge, resolveRetry } from './options'
-import type { InboundContext } from './request-context'
-import type { CallOptions } from './types'
-import { queryString, sendablePath } from './url'
-import { checkDuration, checkKeys, describe, type Fail, hasForbiddenHeaderChars } from './validate'
+import { InvalidRequestError } from '../errors'
+import { type HeaderList, hasHeader, mergeHeaderLists, toHeaderList } from '../headers'
+import { DEFAULT_RETRY, type ResolvedClientOptions, type ResolvedHedge, type ResolvedRetry, resolveHedge, resolveRetry } from '../options/resolve'
+import type { InboundContext } from '../inbound/request-context'
+import type { CallOptions } from '../types'
+import { queryString, sendablePath } from '../url'
+import { checkDuration, checkKeys, describe, type Fail, hasForbiddenHeaderChars } from '../validate'
 
 /** Everything a call sends and decides by, made once from the caller's arguments. */
 export interface PreparedRequest {

@@ -1,6 +1,6 @@
 import diagnosticsChannel from 'node:diagnostics_channel'
 import type * as OtelApi from '@opentelemetry/api'
-import { setOtelContextApi } from './async-context'
+import { setOtelContextApi } from '../async-context'
 import { dispatching } from './events'
 
 type Api = typeof OtelApi

@@ -4,11 +4,11 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunc
 import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import { checkRouteDeadline, type DeadlineSettings, parseDeadlineHeader, requestDeadlineAt } from './deadline'
-import { InvalidOptionsError } from './errors'
-import type { HeaderList } from './headers'
-import type { Logger } from './logger'
+import { InvalidOptionsError } from '../errors'
+import type { HeaderList } from '../headers'
+import type { Logger } from '../logger'
 import { isValidRequestId, warnOnCountedRequestIds } from './request-id'
-import { propagatorFields } from './telemetry'
+import { propagatorFields } from '../telemetry/otel'
 
 /** What the outbound calls made while serving one inbound request take from it. */
 export interface InboundContext {

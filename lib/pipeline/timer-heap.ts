@@ -1,5 +1,5 @@
-import { rootScope } from './async-context'
-import type { Clock } from './clock'
+import { rootScope } from '../async-context'
+import type { Clock } from '../clock'
 
 /** Something with a deadline, kept in the heap by its own fields: adding one allocates nothing. */
 export interface TimedEntry {

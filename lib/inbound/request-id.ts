@@ -1,8 +1,8 @@
 import type { FastifyInstance } from 'fastify'
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
-import { InvalidOptionsError } from './errors'
-import { isHeaderName } from './validate'
+import { InvalidOptionsError } from '../errors'
+import { isHeaderName } from '../validate'
 
 const VALID_REQUEST_ID = /^[\x21-\x7e]{1,128}$/
 

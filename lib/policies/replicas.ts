@@ -1,8 +1,8 @@
 import { Verdict, type VerdictValue } from './circuit-breaker'
-import type { RandomSource } from './clock'
-import type { ClientEvents } from './events'
-import type { ResolvedOutlier } from './options'
-import type { Upstream } from './pool'
+import type { RandomSource } from '../clock'
+import type { ClientEvents } from '../telemetry/events'
+import type { ResolvedOutlier } from '../options/resolve'
+import type { Upstream } from '../transport/upstream'
 
 /** An ejection never lasts longer than this, however often a replica was ejected. */
 const MAX_EJECTION_MS = 300_000
