@@ -249,7 +249,42 @@ export interface ClientOptions {
    * @default { consecutiveFailures: 5, baseEjectionMs: 30000, maxEjectedPercent: 50 } with replicas
    */
   outlierDetection?: OutlierDetectionOptions | false
+  /**
+   * Redirects (301, 302, 303, 307, 308) a call follows, when their
+   * `Location` stays on the client's origin and under its base path.
+   * @default 0
+   */
+  followRedirects?: number
+  /**
+   * The `authorization` of every call (a call's own header wins): a bearer
+   * token, a user name and password (Basic, UTF-8), or a function that
+   * returns a bearer token, called before the first call and again after a 401.
+   * @default undefined (none)
+   */
+  auth?: AuthOptions
 }
+
+/** A fixed bearer token: `authorization: Bearer <bearer>`. */
+export interface BearerAuth {
+  bearer: string
+}
+
+/** HTTP Basic authentication, encoded as UTF-8. */
+export interface BasicAuth {
+  username: string
+  password: string
+}
+
+/**
+ * A bearer token from a function: called before the first call and then
+ * only after a 401; every call that got a 401 from one token shares one
+ * refresh and is sent once more with the new token.
+ */
+export interface TokenAuth {
+  token: () => string | Promise<string>
+}
+
+export type AuthOptions = BearerAuth | BasicAuth | TokenAuth
 
 export interface PluginOptions {
   /** The clients to create, by name. Names are JavaScript identifiers. */
@@ -288,8 +323,28 @@ export interface CreateHttpClientOptions extends ClientOptions {
   logger?: Logger
 }
 
-/** A request body: a string, bytes, or a readable stream (sent once, never replayed). */
-export type RequestBody = string | Buffer | Uint8Array | Readable | AsyncIterable<Uint8Array>
+/**
+ * A body that is replayed byte for byte on a retry: a string, bytes, a
+ * `Blob`/`File` (its `type` is the content type), a `URLSearchParams` (a
+ * form) or a `FormData` (multipart, encoded again for each attempt).
+ */
+export type ReplayableBody = string | Buffer | Uint8Array | ArrayBuffer | Blob | URLSearchParams | FormData
+
+/** A stream body: sent once, never replayed (no retry, hedge, resend or body-keeping redirect). */
+export type StreamBody = Readable | ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>
+
+/**
+ * A request body: a replayable body, a stream (sent once), or a function
+ * returning either, called once per attempt so that each attempt (a stream
+ * upload's retry included) gets a fresh body.
+ */
+export type RequestBody = ReplayableBody | StreamBody | (() => ReplayableBody | StreamBody)
+
+/** One value of a form field. */
+export type FormValue = string | number | boolean
+
+/** A form: each key's value, or an array of values (the key repeats); `undefined` leaves the key out. */
+export type FormFields = Record<string, FormValue | readonly FormValue[] | undefined>
 
 export type QueryValue = string | number | boolean | null | undefined
 export type Query = Record<string, QueryValue | readonly QueryValue[]>
@@ -298,8 +353,11 @@ export interface CallOptions {
   /** Query parameters; arrays repeat the key, `undefined` leaves it out. */
   query?: Query
   headers?: Headers
-  /** Sent as JSON with `content-type: application/json`. */
+  /** Sent as JSON with `content-type: application/json`. At most one of `json`, `form` and `body`. */
   json?: unknown
+  /** Sent as `application/x-www-form-urlencoded`. */
+  form?: FormFields | URLSearchParams
+  /** Sent as given (see `RequestBody`); its content type is set from it unless the call sets `content-type`. */
   body?: RequestBody
   /** Aborting rejects the call with the signal's reason. */
   signal?: AbortSignal
@@ -333,6 +391,12 @@ export interface CallOptions {
    * @default undefined (the deadline applies)
    */
   deadline?: false
+  /**
+   * Overrides the client's `followRedirects`: how many redirects within the
+   * client's origin and base path this call follows.
+   * @default the client's followRedirects
+   */
+  followRedirects?: number
 }
 
 export interface RequestOptions extends CallOptions {

@@ -178,7 +178,7 @@ test('npm pack ships the build and types, and a consumer uses them', async (t) =
     await writeFile(target, contents)
   }
   await mkdir(path.join(modules, '@types'), { recursive: true })
-  for (const dependency of ['fastify', 'fastify-plugin', 'undici', '@fastify', '@types/node']) {
+  for (const dependency of ['fastify', 'fastify-plugin', 'form-data-encoder', 'undici', '@fastify', '@types/node']) {
     await symlink(path.join(root, 'node_modules', dependency), path.join(modules, dependency), 'junction')
   }
   await writeFile(path.join(consumer, 'package.json'), JSON.stringify({ name: 'consumer', private: true, type: 'module' }))

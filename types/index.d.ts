@@ -58,6 +58,14 @@ declare namespace fastifyResilientHttp {
   export type CallOptions = api.CallOptions
   export type RequestOptions = api.RequestOptions
   export type RequestBody = api.RequestBody
+  export type ReplayableBody = api.ReplayableBody
+  export type StreamBody = api.StreamBody
+  export type FormFields = api.FormFields
+  export type FormValue = api.FormValue
+  export type AuthOptions = api.AuthOptions
+  export type BearerAuth = api.BearerAuth
+  export type BasicAuth = api.BasicAuth
+  export type TokenAuth = api.TokenAuth
   export type Headers = api.Headers
   export type HeaderValue = api.HeaderValue
   export type Query = api.Query

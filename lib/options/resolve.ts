@@ -1,6 +1,7 @@
 import type { Dispatcher, Pool } from 'undici'
 import { InvalidOptionsError } from '../errors'
-import { type HeaderList, toHeaderList } from '../headers'
+import { hasHeader, type HeaderList, toHeaderList } from '../headers'
+import { type ResolvedAuth, resolveAuth } from './auth'
 import type { ClientOptions, Jitter, PluginOptions, RetryOptions } from '../types'
 import { parseBaseUrl } from '../url'
 import {
@@ -71,6 +72,10 @@ export interface ResolvedClientOptions {
   readonly adaptiveConcurrency: ResolvedAdaptive | false
   /** Filled with defaults when there are several origins; always `false` for one. */
   readonly outlierDetection: ResolvedOutlier | false
+  /** Redirects a call follows, 0 to `MAX_REDIRECTS`. */
+  readonly followRedirects: number
+  /** A fixed `{ bearer }` or `{ username, password }` is in `defaultHeaders` too, as `authorization`. */
+  readonly auth: ResolvedAuth | false
 }
 
 export interface ResolvedDeadline {
@@ -94,10 +99,12 @@ export const DEFAULT_CONNECTIONS = 128
 export const DEFAULT_MAX_IN_FLIGHT = 1_000
 export const DEFAULT_STATUS_CODES: readonly number[] = Object.freeze([408, 429, 500, 502, 503, 504])
 export const DEFAULT_DEADLINE_HEADER = 'x-request-timeout-ms'
+/** The most redirects a client or a call may follow. */
+export const MAX_REDIRECTS = 20
 
 const CLIENT_KEYS = [
   'baseUrl', 'timeout', 'totalTimeout', 'defaultHeaders', 'propagateRequestId', 'retry', 'circuitBreaker', 'pool',
-  'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection'
+  'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection', 'followRedirects', 'auth'
 ]
 const RETRY_KEYS = ['maxAttempts', 'backoffInitialMs', 'backoffMaxMs', 'jitter', 'statusCodes', 'respectRetryAfter', 'retryNonIdempotent', 'budget']
 const BUDGET_KEYS = ['ratio', 'minPerSecond']
@@ -296,7 +303,13 @@ export function resolveClientOptions (name: string, options: unknown, path: stri
   checkKeys(given, CLIENT_KEYS, path, fail)
   const { origins, basePath } = parseBaseUrl(given.baseUrl, join(path, 'baseUrl'), fail)
   const { timeout, totalTimeout } = resolveTimeouts(given, path, fail)
-  const defaultHeaders = given.defaultHeaders === undefined ? [] : toHeaderList(given.defaultHeaders, join(path, 'defaultHeaders'), fail, true)
+  let defaultHeaders = given.defaultHeaders === undefined ? [] : toHeaderList(given.defaultHeaders, join(path, 'defaultHeaders'), fail, true)
+  const auth = resolveAuth(given.auth, join(path, 'auth'), fail)
+  if (auth !== false) {
+    if (hasHeader(defaultHeaders, 'authorization')) fail(join(path, 'auth'), 'cannot be used with an authorization header in defaultHeaders: give one of them')
+    // A fixed value is a default header like any other: a call's own wins, and it is redacted with them.
+    if (auth.kind !== 'token') defaultHeaders = [...defaultHeaders, 'authorization', auth.header]
+  }
   const propagateRequestId = given.propagateRequestId === undefined ? true : checkBoolean(given.propagateRequestId, join(path, 'propagateRequestId'), fail)
   let maxResponseBytes: number | undefined
   if (given.maxResponseBytes !== undefined) maxResponseBytes = checkInteger(given.maxResponseBytes, join(path, 'maxResponseBytes'), fail, 1)
@@ -320,7 +333,9 @@ export function resolveClientOptions (name: string, options: unknown, path: stri
     hedge: resolveHedge(given.hedge, false, join(path, 'hedge'), fail),
     maxInFlight,
     adaptiveConcurrency: resolveAdaptive(given.adaptiveConcurrency, maxInFlight, join(path, 'adaptiveConcurrency'), fail),
-    outlierDetection: resolveOutlier(given.outlierDetection, origins.length, join(path, 'outlierDetection'), fail)
+    outlierDetection: resolveOutlier(given.outlierDetection, origins.length, join(path, 'outlierDetection'), fail),
+    followRedirects: given.followRedirects === undefined ? 0 : checkInteger(given.followRedirects, join(path, 'followRedirects'), fail, 0, MAX_REDIRECTS),
+    auth
   })
 }
 

@@ -175,8 +175,19 @@ export class Call implements AttemptOwner, TimedEntry {
     const replicas = host.replicas
     const upstream = replicas.choose(this.#tried, now)
     if (replicas.upstreams.length > 1) (this.#tried ??= []).push(upstream)
+    let options = this.#optionsFor(upstream, now)
+    if (this.request.freshBody !== null) {
+      try {
+        options = this.request.freshBody.options(options)
+      } catch (error) {
+        // The caller's body function failed or gave what cannot be sent: nothing goes out.
+        host.breaker?.record(permit, Verdict.None, now)
+        this.#fail(error)
+        return
+      }
+    }
     if (!isHedge) this.#tries++
-    const attempt = new Attempt(this, host, upstream, this.#optionsFor(upstream, now), ++this.attempts, permit, isHedge, now)
+    const attempt = new Attempt(this, host, upstream, options, ++this.attempts, permit, isHedge, now)
     let at = now + this.request.timeout
     if (this.#totalEndsAt <= at) {
       at = this.#totalEndsAt

@@ -1,12 +1,13 @@
 import { randomUUID } from 'node:crypto'
 import type { Dispatcher } from 'undici'
+import { encodeForm, FORM_CONTENT_TYPE, FreshBody, type MadeBody, makeBody, withBodyHeaders } from './body'
 import { InvalidRequestError } from '../errors'
 import { type HeaderList, hasHeader, mergeHeaderLists, toHeaderList } from '../headers'
-import { DEFAULT_RETRY, type ResolvedClientOptions, type ResolvedHedge, type ResolvedRetry, resolveHedge, resolveRetry } from '../options/resolve'
+import { DEFAULT_RETRY, MAX_REDIRECTS, type ResolvedClientOptions, type ResolvedHedge, type ResolvedRetry, resolveHedge, resolveRetry } from '../options/resolve'
 import type { InboundContext } from '../inbound/request-context'
 import type { CallOptions } from '../types'
 import { queryString, sendablePath } from '../url'
-import { checkDuration, checkKeys, describe, type Fail, hasForbiddenHeaderChars } from '../validate'
+import { checkDuration, checkInteger, checkKeys, describe, type Fail, hasForbiddenHeaderChars } from '../validate'
 
 /** Everything a call sends and decides by, made once from the caller's arguments. */
 export interface PreparedRequest {
@@ -15,8 +16,12 @@ export interface PreparedRequest {
   readonly path: string
   /** What undici is given: origin, method, path, headers (a flat list, lower-case names) and body, the fields an attempt copies when it needs its own. */
   readonly options: Dispatcher.DispatchOptions & { headers: HeaderList }
-  /** A stream body is sent once: no retry, no hedge. */
+  /** A stream body is sent once: no retry, no hedge, no resend. */
   readonly replayable: boolean
+  /** A body made again for each attempt (a `FormData`, a body function); `null` for the rest. */
+  readonly freshBody: FreshBody | null
+  /** Redirects the call may still follow. */
+  readonly followRedirects: number
   readonly hasIdempotencyKey: boolean
   readonly retry: ResolvedRetry | false
   readonly hedge: ResolvedHedge | false
@@ -31,16 +36,12 @@ export interface PreparedRequest {
   readonly deadlineHeader: string | undefined
 }
 
-const CALL_OPTIONS = ['query', 'headers', 'json', 'body', 'signal', 'timeout', 'totalTimeout', 'retry', 'idempotencyKey', 'hedge', 'deadline']
+const CALL_OPTIONS = ['query', 'headers', 'json', 'form', 'body', 'signal', 'timeout', 'totalTimeout', 'retry', 'idempotencyKey', 'hedge', 'deadline', 'followRedirects']
 const REQUEST_OPTIONS = [...CALL_OPTIONS, 'method', 'path']
 const HEDGED_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
 const JSON_CONTENT_TYPE = 'application/json'
 const NO_HEADERS: HeaderList = []
-
-function isStreamBody (body: unknown): boolean {
-  return typeof body === 'object' && body !== null &&
-    (typeof (body as { pipe?: unknown }).pipe === 'function' || typeof (body as Record<symbol, unknown>)[Symbol.asyncIterator] === 'function')
-}
+const BODY_OPTIONS = ['json', 'form', 'body'] as const
 
 function isAbortSignal (value: unknown): value is AbortSignal {
   return typeof value === 'object' && value !== null && typeof (value as AbortSignal).addEventListener === 'function' && 'aborted' in value
@@ -83,6 +84,8 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
       path,
       options: { origin: settings.origins[0], method, path: sendPath, headers, body: undefined },
       replayable: true,
+      freshBody: null,
+      followRedirects: settings.followRedirects,
       hasIdempotencyKey: false,
       retry: settings.retry,
       hedge: HEDGED_METHODS.has(method) ? settings.hedge : false,
@@ -109,26 +112,27 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
 
   let body: Dispatcher.DispatchOptions['body']
   let replayable = true
-  if (options.json !== undefined) {
-    if (options.body !== undefined) fail('json', 'and body cannot be used together')
-    let text: string | undefined
-    try {
-      text = JSON.stringify(options.json)
-    } catch (error) {
-      fail('json', `cannot be serialized: ${(error as Error).message}`)
-    }
-    if (text === undefined) fail('json', `cannot be serialized: ${describe(options.json)}`)
-    body = text
-    if (!hasHeader(headers, 'content-type')) headers = [...headers, 'content-type', JSON_CONTENT_TYPE]
-  } else if (options.body !== undefined) {
-    const given = options.body
-    if (typeof given === 'string' || given instanceof Uint8Array) {
-      body = given
-    } else if (isStreamBody(given)) {
-      body = given as Dispatcher.DispatchOptions['body']
-      replayable = false
+  let freshBody: FreshBody | null = null
+  const bodyOption = options.json !== undefined ? 'json' : options.form !== undefined ? 'form' : options.body !== undefined ? 'body' : undefined
+  if (bodyOption !== undefined) {
+    const given = BODY_OPTIONS.filter((name) => options[name] !== undefined)
+    if (given.length > 1) fail(given.join(' and '), 'cannot be used together: give at most one of json, form and body')
+    if (method === 'GET' || method === 'HEAD') fail(bodyOption, `cannot be sent with ${method}`)
+    let made: MadeBody | null
+    if (bodyOption === 'json') {
+      made = { body: jsonText(options.json, fail), contentType: JSON_CONTENT_TYPE, contentLength: undefined, replayable: true }
+    } else if (bodyOption === 'form') {
+      made = { body: encodeForm(options.form, 'form', fail), contentType: FORM_CONTENT_TYPE, contentLength: undefined, replayable: true }
     } else {
-      fail('body', `must be a string, Buffer, Uint8Array or readable stream, got ${describe(given)}`)
+      made = makeBody(options.body, 'body', fail, true)
+    }
+    const setContentType = !hasHeader(headers, 'content-type')
+    if (made === null) {
+      freshBody = new FreshBody(options.body as FormData | (() => unknown), setContentType, { clientName: settings.name, method, path })
+    } else {
+      body = made.body
+      replayable = made.replayable
+      headers = withBodyHeaders(headers, made, setContentType)
     }
   }
 
@@ -151,6 +155,7 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
     if (!HEDGED_METHODS.has(method) && options.hedge !== false) fail('hedge', `applies to GET, HEAD and OPTIONS only, not ${method}`)
     hedge = resolveHedge(options.hedge, settings.hedge, 'hedge', fail)
   }
+  const followRedirects = options.followRedirects === undefined ? settings.followRedirects : checkInteger(options.followRedirects, 'followRedirects', fail, 0, MAX_REDIRECTS)
   if (options.deadline !== undefined && options.deadline !== false) fail('deadline', `must be false (to ignore the inbound deadline), got ${describe(options.deadline)}`)
   const followed = options.deadline === false ? undefined : inbound
   headers = withInboundHeaders(headers, inbound, settings)
@@ -160,6 +165,8 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
     path,
     options: { origin: settings.origins[0], method, path: sendPath, headers, body },
     replayable,
+    freshBody,
+    followRedirects,
     hasIdempotencyKey: hasHeader(headers, 'idempotency-key'),
     retry,
     hedge,
@@ -170,4 +177,15 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
     deadlineAt: followed?.deadlineAt,
     deadlineHeader: deadlineHeaderFor(followed, ownHeaders)
   }
+}
+
+function jsonText (value: unknown, fail: Fail): string {
+  let text: string | undefined
+  try {
+    text = JSON.stringify(value)
+  } catch (error) {
+    fail('json', `cannot be serialized: ${(error as Error).message}`)
+  }
+  if (text === undefined) fail('json', `cannot be serialized: ${describe(value)}`)
+  return text
 }

@@ -1,5 +1,6 @@
 import Fastify from 'fastify'
 import { expect, test } from 'tstyche'
+import { Readable } from 'node:stream'
 import { Agent, MockAgent } from 'undici'
 import resilientHttp, {
   createHttpClient, requestIdGenerator, resilientHttp as named,
@@ -148,4 +149,35 @@ test('deadlines, replicas, hedges and the span hook', () => {
   const app = Fastify()
   app.get('/x', { config: { deadlineMs: 800 } }, async () => ({}))
   expect(app.get).type.not.toBeCallableWith('/x', { config: { deadlineMs: '800' } }, async () => ({}))
+})
+
+test('bodies: form, FormData, Blob, streams and body functions; wrong types fail to compile', () => {
+  const client = createHttpClient({ name: 'files', baseUrl: 'http://a:1' })
+  expect(client.post).type.toBeCallableWith('/x', { form: { amount: 1, currency: 'usd', capture: false, expand: ['a', 'b'], skip: undefined } })
+  expect(client.post).type.toBeCallableWith('/x', { form: new URLSearchParams('a=1') })
+  expect(client.post).type.toBeCallableWith('/x', { body: new FormData() })
+  expect(client.post).type.toBeCallableWith('/x', { body: new Blob(['x'], { type: 'text/plain' }) })
+  expect(client.post).type.toBeCallableWith('/x', { body: new ArrayBuffer(8) })
+  expect(client.post).type.toBeCallableWith('/x', { body: new URLSearchParams() })
+  expect(client.put).type.toBeCallableWith('/x', { body: () => Readable.from(['a']) })
+  expect(client.put).type.toBeCallableWith('/x', { body: () => 'text' })
+  expect(client.post).type.not.toBeCallableWith('/x', { form: { nested: { a: 1 } } })
+  expect(client.post).type.not.toBeCallableWith('/x', { form: { when: new Date() } })
+  expect(client.post).type.not.toBeCallableWith('/x', { body: { a: 1 } })
+  expect(client.post).type.not.toBeCallableWith('/x', { body: 42 })
+  expect(client.post).type.not.toBeCallableWith('/x', { body: new Map() })
+  expect(client.post).type.not.toBeCallableWith('/x', { body: async () => 'late' })
+  expect(client.post).type.not.toBeCallableWith('/x', { followRedirects: '3' })
+  expect<CallOptions>().type.toBeAssignableFrom({ followRedirects: 3 })
+})
+
+test('auth and followRedirects options', () => {
+  expect<ClientOptions>().type.toBeAssignableFrom({ auth: { bearer: 'token' }, followRedirects: 5 })
+  expect<ClientOptions>().type.toBeAssignableFrom({ auth: { username: 'ana', password: 'pässword' } })
+  expect<ClientOptions>().type.toBeAssignableFrom({ auth: { token: () => 'token' } })
+  expect<ClientOptions>().type.toBeAssignableFrom({ auth: { token: async () => 'token' } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ auth: { token: 'token' } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ auth: { username: 'ana' } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ auth: { token: () => 42 } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ followRedirects: true })
 })
