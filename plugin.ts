@@ -59,7 +59,7 @@ export {
   HttpClientError, CircuitOpenError, OverloadedError, TimeoutError, UpstreamError,
   InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError
 } from './lib/errors'
-export type { CallDetails, TimeoutKind } from './lib/errors'
+export type { CallDetails, CircuitOpenedBy, TimeoutKind } from './lib/errors'
 export type * from './lib/types'
 
 // CommonJS: `require()` returns the plugin itself, with `.default`, `.resilientHttp`

@@ -81,21 +81,34 @@ function messageOnRead<E extends HttpClientError> (ErrorClass: abstract new (...
   })
 }
 
+/**
+ * The rule that opened the circuit: `failureThreshold` failures in a row,
+ * the `failureRatio` or the slow-call ratio over the window, or an
+ * upstream's `Retry-After`.
+ */
+export type CircuitOpenedBy = 'failures' | 'failure-ratio' | 'slow-calls' | 'retry-after'
+
 /** The circuit is open, or half-open with its probes taken: nothing was sent. */
 export class CircuitOpenError extends HttpClientError {
   /** Milliseconds until the circuit half-opens (0 when half-open and its probes are taken). */
   declare readonly remainingMs: number
+  /**
+   * The rule that opened the circuit (a failed probe keeps it open for the
+   * same reason). Not `cause`, which stays the standard `Error` cause.
+   */
+  declare readonly openedBy: CircuitOpenedBy
 
-  constructor (details: CallDetails, remainingMs: number) {
+  constructor (details: CallDetails, remainingMs: number, openedBy: CircuitOpenedBy = 'failures') {
     super('FRH_CIRCUIT_OPEN', undefined, details, 503)
     this.remainingMs = remainingMs
+    this.openedBy = openedBy
   }
 }
 
 messageOnRead(CircuitOpenError, (error) => {
   const state = error.remainingMs > 0
-    ? `circuit open, half-opens in ${error.remainingMs} ms`
-    : 'circuit half-open and its probes are taken'
+    ? `circuit open (${error.openedBy}), half-opens in ${error.remainingMs} ms`
+    : `circuit half-open and its probes are taken (opened by ${error.openedBy})`
   return `${describeCall(error)} refused: ${state}`
 })
 

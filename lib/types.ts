@@ -83,6 +83,42 @@ export interface CircuitBreakerOptions {
    * @default true
    */
   openOnRetryAfter?: boolean
+  /**
+   * Also open when, among the attempts judged in the last `samplingMs` (at
+   * least `minimumThroughput` of them), this share failed: more than 0, up
+   * to 1. No ratio rule when left out.
+   */
+  failureRatio?: number
+  /**
+   * An attempt whose response headers take longer than this (ms, from the
+   * moment it is routed) is slow, whatever its status; an attempt that fails
+   * without headers after this long is slow too. With `slowCallRatio`, the
+   * circuit opens when that share of the judged attempts in the window was
+   * slow. No slow-call rule when left out.
+   */
+  slowCallMs?: number
+  /**
+   * The share of slow attempts in the window that opens the circuit (more
+   * than 0, up to 1); only with `slowCallMs`.
+   * @default 0.5
+   */
+  slowCallRatio?: number
+  /**
+   * Attempts judged in the window before a ratio can open the circuit.
+   * @default 20
+   */
+  minimumThroughput?: number
+  /**
+   * The window of the ratio rules, in ms (kept in ten buckets).
+   * @default 10000
+   */
+  samplingMs?: number
+  /**
+   * Each failed probe doubles the next open time (± 25 % at random), up to
+   * this (ms); a close resets it to `recoveryMs`. At least `recoveryMs`.
+   * @default recoveryMs
+   */
+  recoveryMaxMs?: number
 }
 
 export interface HedgeOptions {

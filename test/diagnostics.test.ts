@@ -178,7 +178,7 @@ test('breaker transitions are published and logged', async (t) => {
     [30, 'breaker', 'open', 'half-open'],
     [30, 'breaker', 'half-open', 'closed']
   ], 'opening is a warning, the rest info')
-  t.equal(logged[0].msg, 'circuit open for 4000 ms')
+  t.equal(logged[0].msg, 'circuit open for 4000 ms after consecutive failures')
 })
 
 test("log lines come from a child logger bound to the client's name", async (t) => {

@@ -49,11 +49,16 @@ test('HttpStatusError keeps the upstream status, body and response apart from it
 })
 
 test('messages say what happened', async (t) => {
-  t.match(new CircuitOpenError(details, 1_500).message, /circuit open, half-opens in 1500 ms/)
-  const halfOpen = new CircuitOpenError(details, 0)
-  t.match(halfOpen.message, /half-open and its probes are taken/)
+  t.match(new CircuitOpenError(details, 1_500).message, /circuit open \(failures\), half-opens in 1500 ms/)
+  const halfOpen = new CircuitOpenError(details, 0, 'slow-calls')
+  t.match(halfOpen.message, /half-open and its probes are taken \(opened by slow-calls\)$/)
   t.notMatch(halfOpen.message, /0 ms/)
   t.equal(halfOpen.remainingMs, 0)
+  t.equal(halfOpen.openedBy, 'slow-calls')
+  t.equal(halfOpen.cause, undefined, 'openedBy is not the standard Error cause')
+  const ratio = new CircuitOpenError(details, 800, 'failure-ratio')
+  t.equal(ratio.message, 'payments: GET /charge refused: circuit open (failure-ratio), half-opens in 800 ms')
+  t.equal(new CircuitOpenError(details, 800).openedBy, 'failures', 'failures when not told')
   const overloaded = new OverloadedError(details, 100)
   t.equal(overloaded.limit, 100)
   t.match(overloaded.message, /payments: GET \/charge refused: 100 calls already in flight/)
@@ -69,7 +74,7 @@ test('messages say what happened', async (t) => {
 
 test('a refusal\'s message is written when read, and reads the same in every form', async (t) => {
   const open = new CircuitOpenError(details, 2_000)
-  const expected = 'payments: GET /charge refused: circuit open, half-opens in 2000 ms'
+  const expected = 'payments: GET /charge refused: circuit open (failures), half-opens in 2000 ms'
   t.equal(open.message, expected)
   t.equal(String(open), `CircuitOpenError: ${expected}`)
   t.equal(open.stack?.split('\n')[0], `CircuitOpenError: ${expected}`, 'the stack starts with it too')

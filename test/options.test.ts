@@ -129,6 +129,23 @@ const cases: Array<[string, unknown, string, string?]> = [
   ['circuitBreaker.failureThreshold 0', client({ circuitBreaker: { failureThreshold: 0 } }), 'clients.payments.circuitBreaker.failureThreshold', 'payments'],
   ['circuitBreaker.recoveryMs negative', client({ circuitBreaker: { recoveryMs: -1 } }), 'clients.payments.circuitBreaker.recoveryMs', 'payments'],
   ['circuitBreaker.halfOpenMaxProbes fractional', client({ circuitBreaker: { halfOpenMaxProbes: 1.5 } }), 'clients.payments.circuitBreaker.halfOpenMaxProbes', 'payments'],
+  ['circuitBreaker.failureRatio 0', client({ circuitBreaker: { failureRatio: 0 } }), 'clients.payments.circuitBreaker.failureRatio', 'payments'],
+  ['circuitBreaker.failureRatio over 1', client({ circuitBreaker: { failureRatio: 1.5 } }), 'clients.payments.circuitBreaker.failureRatio', 'payments'],
+  ['circuitBreaker.failureRatio a percentage string', client({ circuitBreaker: { failureRatio: '30%' } }), 'clients.payments.circuitBreaker.failureRatio', 'payments'],
+  ['circuitBreaker.failureRatio NaN', client({ circuitBreaker: { failureRatio: NaN } }), 'clients.payments.circuitBreaker.failureRatio', 'payments'],
+  ['circuitBreaker.slowCallMs 0', client({ circuitBreaker: { slowCallMs: 0 } }), 'clients.payments.circuitBreaker.slowCallMs', 'payments'],
+  ['circuitBreaker.slowCallMs Infinity', client({ circuitBreaker: { slowCallMs: Infinity } }), 'clients.payments.circuitBreaker.slowCallMs', 'payments'],
+  ['circuitBreaker.slowCallRatio negative', client({ circuitBreaker: { slowCallMs: 100, slowCallRatio: -0.5 } }), 'clients.payments.circuitBreaker.slowCallRatio', 'payments'],
+  ['circuitBreaker.slowCallRatio 0', client({ circuitBreaker: { slowCallMs: 100, slowCallRatio: 0 } }), 'clients.payments.circuitBreaker.slowCallRatio', 'payments'],
+  ['circuitBreaker.minimumThroughput 0', client({ circuitBreaker: { failureRatio: 0.5, minimumThroughput: 0 } }), 'clients.payments.circuitBreaker.minimumThroughput', 'payments'],
+  ['circuitBreaker.minimumThroughput fractional', client({ circuitBreaker: { minimumThroughput: 2.5 } }), 'clients.payments.circuitBreaker.minimumThroughput', 'payments'],
+  ['circuitBreaker.samplingMs 0', client({ circuitBreaker: { samplingMs: 0 } }), 'clients.payments.circuitBreaker.samplingMs', 'payments'],
+  ['circuitBreaker.samplingMs a string', client({ circuitBreaker: { samplingMs: '10s' } }), 'clients.payments.circuitBreaker.samplingMs', 'payments'],
+  ['circuitBreaker.recoveryMaxMs below recoveryMs', client({ circuitBreaker: { recoveryMs: 5_000, recoveryMaxMs: 1_000 } }), 'clients.payments.circuitBreaker.recoveryMaxMs', 'payments'],
+  ['circuitBreaker.recoveryMaxMs below the default recoveryMs', client({ circuitBreaker: { recoveryMaxMs: 10_000 } }), 'clients.payments.circuitBreaker.recoveryMaxMs', 'payments'],
+  ['circuitBreaker.recoveryMaxMs negative', client({ circuitBreaker: { recoveryMaxMs: -1 } }), 'clients.payments.circuitBreaker.recoveryMaxMs', 'payments'],
+  ['defaults.circuitBreaker.failureRatio over 1', { clients: { payments: { baseUrl: BASE } }, defaults: { circuitBreaker: { failureRatio: 2 } } }, 'defaults.circuitBreaker.failureRatio'],
+  ['a default recoveryMaxMs below a client\'s recoveryMs', { clients: { payments: { baseUrl: BASE, circuitBreaker: { recoveryMs: 90_000 } } }, defaults: { circuitBreaker: { recoveryMaxMs: 60_000 } } }, 'clients.payments.circuitBreaker.recoveryMaxMs', 'payments'],
   // pool and dispatcher
   ['pool not an object', client({ pool: 10 }), 'clients.payments.pool', 'payments'],
   ['pool.connections rejected by undici', client({ pool: { connections: -1 } }), 'clients.payments.pool', 'payments'],
@@ -438,7 +455,18 @@ test('the resolved options of a plain client carry every default', async (t) => 
   t.equal(payments.basePath, '/v1')
   t.equal(payments.timeout, 10_000)
   t.equal(payments.totalTimeout, 30_000)
-  t.same(payments.circuitBreaker, { failureThreshold: 5, recoveryMs: 30_000, halfOpenMaxProbes: 1, openOnRetryAfter: true })
+  t.same(payments.circuitBreaker, {
+    failureThreshold: 5,
+    recoveryMs: 30_000,
+    halfOpenMaxProbes: 1,
+    openOnRetryAfter: true,
+    failureRatio: undefined,
+    slowCallMs: undefined,
+    slowCallRatio: 0.5,
+    minimumThroughput: 20,
+    samplingMs: 10_000,
+    recoveryMaxMs: 30_000
+  })
   t.same(payments.pool, { connections: 128 })
   t.equal(payments.hedge, false)
   t.equal(payments.maxInFlight, 1_000)
@@ -489,6 +517,28 @@ test('hedge, maxInFlight and adaptiveConcurrency', async (t) => {
   t.same(resolve({ adaptiveConcurrency: { initial: 5, min: 5, max: 5 } }).adaptiveConcurrency, { initial: 5, min: 5, max: 5 })
   t.equal(resolve({ adaptiveConcurrency: false }).adaptiveConcurrency, false)
   t.match(resolve({ circuitBreaker: { openOnRetryAfter: false } }).circuitBreaker, { openOnRetryAfter: false, failureThreshold: 5 })
+})
+
+test('circuitBreaker: the ratio rules and recoveryMaxMs', async (t) => {
+  const resolve = (options: Record<string, unknown>, defaults?: Record<string, unknown>) =>
+    resolvePluginOptions({ defaults, clients: { a: { baseUrl: BASE, ...options } } }).clients[0].circuitBreaker
+  t.match(resolve({ circuitBreaker: { failureRatio: 0.3 } }), { failureRatio: 0.3, slowCallMs: undefined, minimumThroughput: 20, samplingMs: 10_000 })
+  t.match(resolve({ circuitBreaker: { failureRatio: 1 } }), { failureRatio: 1 }, 'every attempt failing is a ratio')
+  t.match(resolve({ circuitBreaker: { slowCallMs: 2_000 } }), { slowCallMs: 2_000, slowCallRatio: 0.5, failureRatio: undefined })
+  t.match(resolve({ circuitBreaker: { slowCallMs: 500, slowCallRatio: 1, minimumThroughput: 5, samplingMs: 60_000 } }),
+    { slowCallMs: 500, slowCallRatio: 1, minimumThroughput: 5, samplingMs: 60_000 })
+  t.match(resolve({ circuitBreaker: { recoveryMs: 5_000 } }), { recoveryMs: 5_000, recoveryMaxMs: 5_000 }, 'recoveryMaxMs follows recoveryMs')
+  t.match(resolve({ circuitBreaker: { recoveryMs: 5_000, recoveryMaxMs: 5_000 } }), { recoveryMaxMs: 5_000 }, 'equal to recoveryMs is fine')
+  t.match(resolve({ circuitBreaker: { recoveryMaxMs: 300_000 } }), { recoveryMs: 30_000, recoveryMaxMs: 300_000 })
+  t.match(resolve({ circuitBreaker: { recoveryMs: 1_000 } }, { circuitBreaker: { failureRatio: 0.25, recoveryMaxMs: 60_000 } }),
+    { recoveryMs: 1_000, recoveryMaxMs: 60_000, failureRatio: 0.25 }, 'merged with defaults')
+  t.match(resolve({ circuitBreaker: { recoveryMs: 2_000 } }, { circuitBreaker: { recoveryMaxMs: 8_000 } }),
+    { recoveryMs: 2_000, recoveryMaxMs: 8_000 }, 'a default recoveryMaxMs below the default recoveryMs fits a client that lowers recoveryMs')
+  const error = t.throws(() => createHttpClient({ name: 'users', baseUrl: BASE, circuitBreaker: { failureRatio: 0 } })) as InvalidOptionsError
+  t.equal(error.option, 'circuitBreaker.failureRatio')
+  t.match(error.message, /more than 0/)
+  const cap = t.throws(() => createHttpClient({ name: 'users', baseUrl: BASE, circuitBreaker: { recoveryMs: 2_000, recoveryMaxMs: 1_000 } })) as InvalidOptionsError
+  t.match(cap.message, /must not be less than recoveryMs \(2000\), got 1000/)
 })
 
 test('outlierDetection: merged from defaults for the clients with replicas only', async (t) => {

@@ -81,6 +81,7 @@ declare namespace fastifyResilientHttp {
   export type RetrySkipReason = api.RetrySkipReason
   export type CircuitEvent = api.CircuitEvent
   export type CircuitCause = api.CircuitCause
+  export type CircuitOpenedBy = api.CircuitOpenedBy
   export type HedgeEvent = api.HedgeEvent
   export type ShortCircuitedEvent = api.ShortCircuitedEvent
   export type OverloadedEvent = api.OverloadedEvent

@@ -70,7 +70,7 @@ export class ClientCore implements CallHost {
       ? null
       : new CircuitBreaker(settings.circuitBreaker, (from, to, remainingMs, cause) => {
         this.events.circuit({ client: this.name, from, to, remainingMs, cause })
-      })
+      }, this.random)
     const budget = settings.retry === false ? false : settings.retry.budget
     this.budget = budget === false ? null : new RetryBudget(budget.ratio, budget.minPerSecond)
     this.limit = new ConcurrencyLimit(settings.maxInFlight, settings.adaptiveConcurrency, (from, to) => {
@@ -98,7 +98,7 @@ export class ClientCore implements CallHost {
     this.counters.shortCircuited++
     const remainingMs = breaker.remainingMs(now)
     this.events.shortCircuited(this.name, method, path, remainingMs)
-    return Promise.reject(withoutStack(CircuitOpenError, { clientName: this.name, method, path, attempts: 0 }, remainingMs))
+    return Promise.reject(withoutStack(CircuitOpenError, { clientName: this.name, method, path, attempts: 0 }, remainingMs, breaker.openedBy))
   }
 
   // Attempts not over yet, bodies included, in an intrusive list: close cuts them after its grace period.

@@ -2,12 +2,15 @@ import type { Dispatcher, Pool } from 'undici'
 import { InvalidOptionsError } from '../errors'
 import { hasHeader, type HeaderList, toHeaderList } from '../headers'
 import { type ResolvedAuth, resolveAuth } from './auth'
+import { type ResolvedBreaker, resolveBreaker } from './breaker'
 import type { ClientOptions, Jitter, PluginOptions, RetryOptions } from '../types'
 import { parseBaseUrl } from '../url'
 import {
   checkBoolean, checkDuration, checkInteger, checkKeys, checkNumber, checkObject,
   describe, type Fail, isHeaderName, isPlainObject, MAX_TIMER_MS
 } from '../validate'
+
+export { DEFAULT_BREAKER, type ResolvedBreaker } from './breaker'
 
 export interface ResolvedRetry {
   readonly maxAttempts: number
@@ -20,13 +23,6 @@ export interface ResolvedRetry {
   readonly respectRetryAfter: boolean
   readonly retryNonIdempotent: boolean
   readonly budget: { readonly ratio: number, readonly minPerSecond: number } | false
-}
-
-export interface ResolvedBreaker {
-  readonly failureThreshold: number
-  readonly recoveryMs: number
-  readonly halfOpenMaxProbes: number
-  readonly openOnRetryAfter: boolean
 }
 
 export interface ResolvedHedge {
@@ -108,7 +104,6 @@ const CLIENT_KEYS = [
 ]
 const RETRY_KEYS = ['maxAttempts', 'backoffInitialMs', 'backoffMaxMs', 'jitter', 'statusCodes', 'respectRetryAfter', 'retryNonIdempotent', 'budget']
 const BUDGET_KEYS = ['ratio', 'minPerSecond']
-const BREAKER_KEYS = ['failureThreshold', 'recoveryMs', 'halfOpenMaxProbes', 'openOnRetryAfter']
 const HEDGE_KEYS = ['delayMs', 'maxHedges']
 const ADAPTIVE_KEYS = ['initial', 'min', 'max']
 const OUTLIER_KEYS = ['consecutiveFailures', 'baseEjectionMs', 'maxEjectedPercent']
@@ -141,7 +136,6 @@ export const DEFAULT_RETRY: ResolvedRetry = Object.freeze({
   budget: Object.freeze({ ratio: 0.2, minPerSecond: 10 })
 })
 
-export const DEFAULT_BREAKER: ResolvedBreaker = Object.freeze({ failureThreshold: 5, recoveryMs: 30_000, halfOpenMaxProbes: 1, openOnRetryAfter: true })
 export const DEFAULT_HEDGE: ResolvedHedge = Object.freeze({ delayMs: 'auto', maxHedges: 1 })
 export const DEFAULT_OUTLIER: ResolvedOutlier = Object.freeze({ consecutiveFailures: 5, baseEjectionMs: 30_000, maxEjectedPercent: 50 })
 const DEFAULT_ADAPTIVE_INITIAL = 20
@@ -196,19 +190,6 @@ export function resolveRetry (value: unknown, base: ResolvedRetry, path: string,
     respectRetryAfter,
     retryNonIdempotent,
     budget
-  })
-}
-
-function resolveBreaker (value: unknown, path: string, fail: Fail): ResolvedBreaker | false {
-  if (value === false) return false
-  if (value === undefined) return DEFAULT_BREAKER
-  const given = checkObject(value, path, fail)
-  checkKeys(given, BREAKER_KEYS, path, fail)
-  return Object.freeze({
-    failureThreshold: given.failureThreshold === undefined ? DEFAULT_BREAKER.failureThreshold : checkInteger(given.failureThreshold, join(path, 'failureThreshold'), fail, 1),
-    recoveryMs: given.recoveryMs === undefined ? DEFAULT_BREAKER.recoveryMs : checkDuration(given.recoveryMs, join(path, 'recoveryMs'), fail),
-    halfOpenMaxProbes: given.halfOpenMaxProbes === undefined ? DEFAULT_BREAKER.halfOpenMaxProbes : checkInteger(given.halfOpenMaxProbes, join(path, 'halfOpenMaxProbes'), fail, 1),
-    openOnRetryAfter: given.openOnRetryAfter === undefined ? DEFAULT_BREAKER.openOnRetryAfter : checkBoolean(given.openOnRetryAfter, join(path, 'openOnRetryAfter'), fail)
   })
 }
 
@@ -448,6 +429,9 @@ function checkDefaults (defaults: Record<string, unknown>): void {
   const { outlierDetection, ...rest } = defaults
   const probe: Record<string, unknown> = { baseUrl: 'http://127.0.0.1', ...rest }
   if (probe.timeout !== undefined && probe.totalTimeout === undefined) probe.totalTimeout = MAX_TIMER_MS
+  // Likewise a default recoveryMaxMs may fit only the clients that lower recoveryMs.
+  const breaker = probe.circuitBreaker
+  if (isPlainObject(breaker) && breaker.recoveryMaxMs !== undefined && breaker.recoveryMs === undefined) probe.circuitBreaker = { ...breaker, recoveryMs: 1 }
   // No client to name: a bad default is the plugin's option.
   resolveClientOptions('defaults', probe, 'defaults', null)
   const fail: Fail = (option, reason) => { throw new InvalidOptionsError(option, reason) }

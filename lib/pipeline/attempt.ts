@@ -90,6 +90,8 @@ export class Attempt implements Sendable, TimedEntry {
   error: unknown = undefined
   statusCode = 0
   headers: IncomingHttpHeaders | null = null
+  /** When its response headers came, in the client clock's ms; 0 unless something needed that time (call.ts). */
+  headersAt = 0
   size = 0
 
   // Queue and timer entries.

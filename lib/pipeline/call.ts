@@ -158,7 +158,7 @@ export class Call implements AttemptOwner, TimedEntry {
         const remainingMs = host.breaker.remainingMs(now)
         host.events.shortCircuited(this.clientName, this.method, this.path, remainingMs)
         this.#settle()
-        this.reject(withoutStack(CircuitOpenError, this, remainingMs))
+        this.reject(withoutStack(CircuitOpenError, this, remainingMs, host.breaker.openedBy))
         return promise
       }
     }
@@ -256,9 +256,14 @@ export class Call implements AttemptOwner, TimedEntry {
 
   onAttemptHeaders (attempt: Attempt): boolean {
     const host = this.host
-    // First tries and retries only: hedges go out when the upstream is already slow, and their
-    // quick answers would pull the percentile down and send ever more of them.
-    if (host.latency !== null && !attempt.isHedge) host.latency.record(host.clock.now() - attempt.startedAt)
+    const latency = host.latency
+    // One clock read for the latency tracker and the breaker's slow-call rule, and none without them.
+    if (latency !== null || (host.breaker !== null && host.breaker.slowCallMs !== Infinity)) {
+      attempt.headersAt = host.clock.now()
+      // First tries and retries only: hedges go out when the upstream is already slow, and their
+      // quick answers would pull the percentile down and send ever more of them.
+      if (latency !== null && !attempt.isHedge) latency.record(attempt.headersAt - attempt.startedAt)
+    }
     // A settled call has cut its other attempts already: only a running call hears headers.
     const status = attempt.statusCode
     if (status < 200 || status >= 300 || isRetryStatus(status, this.request.retry)) return false
@@ -320,11 +325,15 @@ export class Call implements AttemptOwner, TimedEntry {
   #judge (attempt: Attempt, verdict: VerdictValue): void {
     const host = this.host
     const status = attempt.error === undefined ? attempt.statusCode : 0
-    // A plain success needs no clock read: the breaker and the replica set only time failures.
-    const now = verdict === Verdict.Success && status !== 429 ? 0 : host.clock.now()
-    if (attempt.cut === Cut.Loser && attempt.headers === null && !attempt.isHedge) host.latency?.record(now - attempt.startedAt)
     const breaker = host.breaker
-    breaker?.record(attempt.permit, verdict, now)
+    // A plain success needs no clock read: the breaker and the replica set only time failures,
+    // unless a ratio rule buckets successes too (then the time of the headers, when read, serves).
+    let now = 0
+    if (verdict !== Verdict.Success || status === 429) now = host.clock.now()
+    else if (breaker !== null && breaker.clocked) now = attempt.headersAt === 0 ? host.clock.now() : attempt.headersAt
+    if (attempt.cut === Cut.Loser && attempt.headers === null && !attempt.isHedge) host.latency?.record(now - attempt.startedAt)
+    // Time to headers, or to the failure that came instead: read by the slow-call rule only.
+    breaker?.record(attempt.permit, verdict, now, (attempt.headersAt === 0 ? now : attempt.headersAt) - attempt.startedAt)
     host.replicas.record(attempt.upstream, verdict, now)
     if (verdict === Verdict.None) return
     if (host.limit.adaptive) host.limit.onAttempt(isDrop(status, attempt.error, attempt.cut === Cut.Timeout))
@@ -547,10 +556,10 @@ function loserReason (): Error {
 }
 
 /** Refusals come fast and in bulk (open circuit, overload): skip the stack trace. */
-export function withoutStack<E> (ErrorClass: new (details: CallDetails, figure: number) => E, details: CallDetails, figure: number): E {
+export function withoutStack<E, X> (ErrorClass: new (details: CallDetails, figure: number, extra?: X) => E, details: CallDetails, figure: number, extra?: X): E {
   const limit = Error.stackTraceLimit
   Error.stackTraceLimit = 0
-  const error = new ErrorClass(details, figure)
+  const error = new ErrorClass(details, figure, extra)
   Error.stackTraceLimit = limit
   return error
 }

@@ -36,15 +36,28 @@ export interface HedgeEvent extends CallEvent {
   delayMs: number
 }
 
-/** What moved the circuit. */
-
 export interface CircuitEvent {
   client: string
   from: CircuitState
   to: CircuitState
   /** When the circuit opens: ms until it half-opens; 0 otherwise. */
   remainingMs: number
+  /**
+   * What moved the circuit: the rule that opened it (`failures`,
+   * `failure-ratio`, `slow-calls`, `retry-after`), `probe` (a probe's
+   * verdict closed it or opened it again) or `recovery` (it half-opened).
+   */
   cause: CircuitCause
+}
+
+/** The end of the log line of a circuit that opens, by cause. */
+const OPENED_BECAUSE: Readonly<Record<CircuitCause, string>> = {
+  failures: ' after consecutive failures',
+  'failure-ratio': ': the failure ratio over the window was reached',
+  'slow-calls': ': the slow-call ratio over the window was reached',
+  'retry-after': ', as the upstream asked (Retry-After)',
+  probe: ': a probe failed',
+  recovery: ''
 }
 
 export interface ShortCircuitedEvent extends CallEvent {
@@ -145,7 +158,7 @@ export class ClientEvents {
 
   circuit (event: CircuitEvent, log = this.#log): void {
     if (event.to === 'open') {
-      log.warn(event, `circuit open for ${event.remainingMs} ms${event.cause === 'retry-after' ? ', as the upstream asked (Retry-After)' : ''}`)
+      log.warn(event, `circuit open for ${event.remainingMs} ms${OPENED_BECAUSE[event.cause]}`)
     } else {
       log.info(event, `circuit ${event.to}`)
     }
