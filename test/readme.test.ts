@@ -211,8 +211,11 @@ test('the README documents the defaults the code has', async (t) => {
   const breaker = tableDefaults(markdown, '### `circuitBreaker`')
   t.same([...breaker.keys()].sort(), Object.keys(DEFAULT_BREAKER).sort(), 'every circuitBreaker option has a row')
   for (const [option, value] of Object.entries(DEFAULT_BREAKER)) {
-    t.same(parseDefault(breaker.get(option) ?? ''), value, `circuitBreaker.${option} defaults to ${value}`)
+    if (value === undefined) t.equal(breaker.get(option), 'none', `circuitBreaker.${option} is off by default`)
+    else if (option === 'recoveryMaxMs') t.equal(breaker.get(option), '`recoveryMs`', 'recoveryMaxMs follows recoveryMs')
+    else t.same(parseDefault(breaker.get(option) ?? ''), value, `circuitBreaker.${option} defaults to ${value}`)
   }
+  t.equal(DEFAULT_BREAKER.recoveryMaxMs, DEFAULT_BREAKER.recoveryMs)
 
   const hedge = tableDefaults(markdown, '### `hedge`')
   t.same([...hedge.keys()].sort(), Object.keys(DEFAULT_HEDGE).sort(), 'every hedge option has a row')

@@ -48,6 +48,7 @@ test('a 503 with Retry-After opens the circuit until then; its own retry is the 
   const early = await circuitOpenError(client.get('/other'))
   t.equal(early.remainingMs, 2_000)
   t.equal(early.statusCode, 503)
+  t.equal(early.openedBy, 'retry-after')
   clock.advance(1_500)
   const later = await circuitOpenError(client.get('/other'))
   t.equal(later.remainingMs, 500, 'the time left')

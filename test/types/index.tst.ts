@@ -6,7 +6,8 @@ import resilientHttp, {
   createHttpClient, requestIdGenerator, resilientHttp as named,
   CircuitOpenError, HttpClientError, TimeoutError, InvalidOptionsError, HttpStatusError, OverloadedError,
   type HttpClient, type HttpResponse, type ClientStats, type PluginOptions, type ClientOptions, type CallOptions,
-  type TimeoutKind, currentDeadline, resendCountSpanHook, type ReplicaStats, type HedgeEvent
+  type TimeoutKind, currentDeadline, resendCountSpanHook, type ReplicaStats, type HedgeEvent,
+  type CircuitCause, type CircuitEvent, type CircuitOpenedBy
 } from 'fastify-resilient-http'
 
 declare module 'fastify-resilient-http' {
@@ -50,7 +51,17 @@ test('calls resolve to HttpResponse, json<T>() is generic', async () => {
 
 test('errors carry their fields', () => {
   const error = new Error() as unknown
-  if (error instanceof CircuitOpenError) expect(error.remainingMs).type.toBe<number>()
+  if (error instanceof CircuitOpenError) {
+    expect(error.remainingMs).type.toBe<number>()
+    expect(error.openedBy).type.toBe<CircuitOpenedBy>()
+    expect(error.openedBy).type.toBe<'failures' | 'failure-ratio' | 'slow-calls' | 'retry-after'>()
+    expect(error.openedBy).type.not.toBe<CircuitCause>()
+  }
+  expect<CircuitCause>().type.toBeAssignableFrom('slow-calls' as const)
+  expect<CircuitCause>().type.toBeAssignableFrom('probe' as const)
+  expect<CircuitEvent['cause']>().type.toBe<CircuitCause>()
+  expect<CircuitOpenedBy>().type.not.toBeAssignableFrom('probe' as const)
+  expect<CircuitOpenedBy>().type.not.toBeAssignableFrom('slow' as const)
   if (error instanceof TimeoutError) expect(error.kind).type.toBe<'attempt' | 'total' | 'deadline'>()
   if (error instanceof InvalidOptionsError) expect(error.option).type.toBe<string>()
   if (error instanceof HttpStatusError) {
@@ -102,6 +113,16 @@ test('client options: baseUrl, hedging, overload, replicas', () => {
 
   expect<ClientOptions>().type.toBeAssignableFrom({ circuitBreaker: { openOnRetryAfter: false } })
   expect<ClientOptions>().type.not.toBeAssignableFrom({ circuitBreaker: { openOnRetryAfter: 'no' } })
+  expect<ClientOptions>().type.toBeAssignableFrom({
+    circuitBreaker: { failureRatio: 0.25, slowCallMs: 2_000, slowCallRatio: 0.5, minimumThroughput: 20, samplingMs: 10_000, recoveryMs: 5_000, recoveryMaxMs: 300_000 }
+  })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ circuitBreaker: { failureRatio: '30%' } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ circuitBreaker: { slowCallMs: true } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ circuitBreaker: { slowCallRatio: null } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ circuitBreaker: { minimumThroughput: '20' } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ circuitBreaker: { samplingMs: '10s' } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ circuitBreaker: { recoveryMaxMs: false } })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ circuitBreaker: { slowCallThreshold: 2_000 } })
 
   // An unset environment variable type-checks; registration refuses it.
   expect<ClientOptions>().type.toBeAssignableFrom({ defaultHeaders: { 'x-api-key': process.env.API_KEY } })
