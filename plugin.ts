@@ -45,11 +45,14 @@ export { createHttpClient, HttpClient } from './lib/api/http-client'
 export type { ClientStats, PoolStats } from './lib/api/http-client'
 export type { ReplicaStats } from './lib/policies/replicas'
 export { HttpResponse, HttpStatusError } from './lib/pipeline/response'
+export { HttpStream } from './lib/streaming/http-stream'
+export type { ServerSentEvent } from './lib/streaming/http-stream'
 export { CHANNELS } from './lib/telemetry/events'
 export { resendCountSpanHook } from './lib/telemetry/otel'
 export type {
   RetryEvent, RetrySkippedEvent, CircuitEvent, RetrySkipReason, HedgeEvent, ShortCircuitedEvent,
-  OverloadedEvent, DeadlineExceededEvent, ConcurrencyLimitEvent, ReplicaEvent, CircuitCause
+  OverloadedEvent, DeadlineExceededEvent, ConcurrencyLimitEvent, ReplicaEvent, CircuitCause,
+  StreamResumedEvent, StreamIdleTimeoutEvent
 } from './lib/telemetry/events'
 export type { CircuitState } from './lib/policies/circuit-breaker'
 export type { Logger } from './lib/logger'
@@ -57,7 +60,7 @@ export type { Logger } from './lib/logger'
 // from Node's CommonJS named-export detection, so ESM `import { TimeoutError }` would fail.
 export {
   HttpClientError, CircuitOpenError, OverloadedError, TimeoutError, UpstreamError,
-  InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError
+  InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError, InvalidResponseError
 } from './lib/errors'
 export type { CallDetails, CircuitOpenedBy, TimeoutKind } from './lib/errors'
 export type * from './lib/types'

@@ -32,6 +32,8 @@ export class HttpClientError extends Error {
   declare readonly path: string | undefined
   /** Attempts made before the error, where the error ends a call. */
   declare readonly attempts: number | undefined
+  /** Lines or events a stream had yielded when this error ended its iteration; set only on such errors. */
+  declare delivered?: number
 
   /** `message` undefined: the subclass writes it when it is first read (see `messageOnRead`). */
   constructor (code: string, message: string | undefined, details: CallDetails, statusCode = 500) {
@@ -125,13 +127,14 @@ export class OverloadedError extends HttpClientError {
 
 messageOnRead(OverloadedError, (error) => `${describeCall(error)} refused: ${error.limit} calls already in flight`)
 
-/** Which timeout fired: one attempt's, the call's, or the inbound request's deadline. */
-export type TimeoutKind = 'attempt' | 'total' | 'deadline'
+/** Which timeout fired: one attempt's, the call's (or a stream's `maxDuration`), the inbound request's deadline, or a stream's silence. */
+export type TimeoutKind = 'attempt' | 'total' | 'deadline' | 'idle'
 
 const TIMEOUT_NAMES: Record<TimeoutKind, string> = {
   attempt: 'attempt timeout',
   total: 'total timeout',
-  deadline: 'deadline of the inbound request'
+  deadline: 'deadline of the inbound request',
+  idle: 'idle timeout'
 }
 
 /** An attempt (`timeout`), the whole call (`totalTimeout`) or the inbound request's deadline ran out. */
@@ -169,6 +172,17 @@ export class ResponseTooLargeError extends HttpClientError {
   constructor (details: CallDetails, limit: number) {
     super('FRH_RESPONSE_TOO_LARGE', `${describeCall(details)} response body exceeds maxResponseBytes (${limit})`, details, 502)
     this.limit = limit
+  }
+}
+
+/** A stream's body broke its format: an NDJSON line that is not JSON. */
+export class InvalidResponseError extends HttpClientError {
+  /** The 1-based number of the offending line in the body. */
+  declare readonly line: number
+
+  constructor (details: CallDetails, line: number, reason: string) {
+    super('FRH_INVALID_RESPONSE', `${describeCall(details)} sent an invalid line ${line}: ${reason}`, details, 502)
+    this.line = line
   }
 }
 

@@ -298,6 +298,12 @@ export interface ClientOptions {
    * @default undefined (none)
    */
   auth?: AuthOptions
+  /**
+   * Milliseconds a stream (`client.stream()`) may go without a byte of its
+   * body once open; it then fails with `TimeoutError` `kind: 'idle'`.
+   * @default 30000
+   */
+  idleTimeout?: number
 }
 
 /** A fixed bearer token: `authorization: Bearer <bearer>`. */
@@ -433,6 +439,41 @@ export interface CallOptions {
    * @default the client's followRedirects
    */
   followRedirects?: number
+}
+
+/** Resume of an event stream (`events()`): reconnect with `Last-Event-ID` after a failure. */
+export interface ResumeOptions {
+  /**
+   * Failed reconnects in a row that end the stream.
+   * @default 5
+   */
+  maxReconnects?: number
+}
+
+/** Options of `client.stream()`: every call option, and how the stream is bounded once open. */
+export interface StreamOptions extends CallOptions {
+  /**
+   * The request's method.
+   * @default 'GET'
+   */
+  method?: string
+  /**
+   * Milliseconds the stream may go without a byte once open (`TimeoutError` `kind: 'idle'`).
+   * @default the client's idleTimeout
+   */
+  idleTimeout?: number
+  /**
+   * Milliseconds the stream may stay open from its commit (`TimeoutError` `kind: 'total'`).
+   * @default undefined (no bound)
+   */
+  maxDuration?: number
+  /**
+   * `events()` only: after a transport failure or an idle timeout, open the
+   * stream again with `Last-Event-ID` (once it has seen an event id).
+   * `true` for `{ maxReconnects: 5 }`.
+   * @default false
+   */
+  resume?: boolean | ResumeOptions
 }
 
 export interface RequestOptions extends CallOptions {

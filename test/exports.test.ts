@@ -10,7 +10,7 @@ const root = path.join(__dirname, '..')
 const api = require('..')
 
 const FUNCTIONS = ['createHttpClient', 'requestIdGenerator', 'isValidRequestId', 'currentRequestId']
-const CLASSES = ['HttpClient', 'HttpResponse', 'HttpClientError']
+const CLASSES = ['HttpClient', 'HttpResponse', 'HttpStream', 'HttpClientError']
 const ERROR_CODES: Record<string, string> = {
   CircuitOpenError: 'FRH_CIRCUIT_OPEN',
   OverloadedError: 'FRH_OVERLOADED',
@@ -20,6 +20,7 @@ const ERROR_CODES: Record<string, string> = {
   InvalidRequestError: 'FRH_INVALID_REQUEST',
   ResponseTooLargeError: 'FRH_RESPONSE_TOO_LARGE',
   ClientClosedError: 'FRH_CLIENT_CLOSED',
+  InvalidResponseError: 'FRH_INVALID_RESPONSE',
   InvalidOptionsError: 'FRH_INVALID_OPTIONS'
 }
 
@@ -35,6 +36,7 @@ function sampleErrors (): Record<string, Error & { code: string }> {
     InvalidRequestError: new api.InvalidRequestError(details, 'bad path'),
     ResponseTooLargeError: new api.ResponseTooLargeError(details, 10),
     ClientClosedError: new api.ClientClosedError(details),
+    InvalidResponseError: new api.InvalidResponseError(details, 3, 'Unexpected token'),
     InvalidOptionsError: new api.InvalidOptionsError('clients.payments.timeout', 'must be positive', 'payments')
   }
 }
@@ -63,7 +65,9 @@ test('every named export is there', async (t) => {
     overloaded: 'fastify-resilient-http:overloaded',
     deadlineExceeded: 'fastify-resilient-http:deadline-exceeded',
     concurrencyLimit: 'fastify-resilient-http:concurrency-limit',
-    replica: 'fastify-resilient-http:replica'
+    replica: 'fastify-resilient-http:replica',
+    streamResumed: 'fastify-resilient-http:stream-resumed',
+    streamIdleTimeout: 'fastify-resilient-http:stream-idle-timeout'
   })
   t.ok(Object.isFrozen(api.CHANNELS))
 })

@@ -41,6 +41,13 @@ declare namespace fastifyResilientHttp {
   export const HttpClient: typeof api.HttpClient
   export type HttpResponse = api.HttpResponse
   export const HttpResponse: typeof api.HttpResponse
+  export type HttpStream = api.HttpStream
+  export const HttpStream: typeof api.HttpStream
+  export type ServerSentEvent = api.ServerSentEvent
+  export type StreamOptions = api.StreamOptions
+  export type ResumeOptions = api.ResumeOptions
+  export type StreamResumedEvent = api.StreamResumedEvent
+  export type StreamIdleTimeoutEvent = api.StreamIdleTimeoutEvent
 
   export type PluginOptions = api.PluginOptions
   export type ClientOptions = api.ClientOptions
@@ -116,6 +123,8 @@ declare namespace fastifyResilientHttp {
   export const ResponseTooLargeError: typeof api.ResponseTooLargeError
   export type ClientClosedError = api.ClientClosedError
   export const ClientClosedError: typeof api.ClientClosedError
+  export type InvalidResponseError = api.InvalidResponseError
+  export const InvalidResponseError: typeof api.InvalidResponseError
   export type InvalidOptionsError = api.InvalidOptionsError
   export const InvalidOptionsError: typeof api.InvalidOptionsError
 

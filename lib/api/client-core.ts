@@ -1,5 +1,5 @@
 import type { Attempt } from '../pipeline/attempt'
-import { type Call, type CallHost, withoutStack } from '../pipeline/call'
+import { type Call, type CallHost, type Waiter, withoutStack } from '../pipeline/call'
 import { CircuitBreaker } from '../policies/circuit-breaker'
 import { type Clock, type RandomSource, systemClock } from '../clock'
 import { ConcurrencyLimit } from '../policies/concurrency'
@@ -46,7 +46,7 @@ export class ClientCore implements CallHost {
   readonly events: ClientEvents
   readonly log: Logger
   readonly counters = new Counters()
-  readonly waiting = new Set<Call>()
+  readonly waiting = new Set<Waiter>()
   draining = false
   closed = false
   #liveHead: Attempt | null = null
@@ -122,7 +122,7 @@ export class ClientCore implements CallHost {
   /** From `fastify.close()` on: waits are cut, no retry or hedge is started. */
   drain (): void {
     this.draining = true
-    for (const call of [...this.waiting]) call.cancelWait(new ClientClosedError(call))
+    for (const waiter of [...this.waiting]) waiter.cancelWait(new ClientClosedError(waiter))
   }
 
   close (): Promise<void> {

@@ -9,7 +9,9 @@ import { prepareRequest } from '../pipeline/prepare'
 import type { HttpResponse } from '../pipeline/response'
 import { type ClientStats, sumPoolStats } from './stats'
 import { installTelemetry } from '../telemetry/otel'
-import type { CallOptions, CreateHttpClientOptions, RequestOptions } from '../types'
+import type { CallOptions, CreateHttpClientOptions, RequestOptions, StreamOptions } from '../types'
+import type { HttpStream } from '../streaming/http-stream'
+import { openStream } from '../streaming/open-stream'
 import { describe, isHeaderName } from '../validate'
 
 export type { ClientStats } from './stats'
@@ -70,6 +72,23 @@ export class HttpClient {
     return this.#send(method.toUpperCase(), options.path, options, true)
   }
 
+  /**
+   * A streamed response: resolves with an `HttpStream` once a 2xx answer's
+   * headers came, after retries, the breaker and the timeouts opened it as
+   * any call; then bounded by `idleTimeout`, `maxDuration`, the `signal` and
+   * close. A final answer that is not 2xx rejects with `HttpStatusError`.
+   */
+  stream (path: string, options?: StreamOptions): Promise<HttpStream> {
+    const core = this.#core
+    const method = typeof options?.method === 'string' ? options.method.toUpperCase() : 'GET'
+    if (core.closed) return Promise.reject(new ClientClosedError({ clientName: this.name, method, path }))
+    try {
+      return openStream(core, path, options, currentInboundContext(), core.clock.now())
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
+
   stats (): ClientStats {
     const core = this.#core
     const counters = core.counters
@@ -89,6 +108,7 @@ export class HttpClient {
       hedges: counters.hedges,
       hedgeWins: counters.hedgeWins,
       overloaded: counters.overloaded,
+      streams: counters.streams,
       concurrencyLimit: core.limit.adaptiveLimit,
       replicas: core.replicas.stats(now),
       pool: sumPoolStats(pools.map((upstream) => upstream.stats()))

@@ -13,6 +13,8 @@ export class Counters {
   hedges = 0
   hedgeWins = 0
   overloaded = 0
+  /** Streams open now (committed and not ended). */
+  streams = 0
 }
 
 /** What `client.stats()` returns. */
@@ -38,6 +40,8 @@ export interface ClientStats {
   hedgeWins: number
   /** Calls refused by `maxInFlight` or the adaptive limit. */
   overloaded: number
+  /** Streams open now: committed (`client.stream()` resolved) and not ended. */
+  streams: number
   /** The adaptive concurrency limit; `undefined` when `adaptiveConcurrency` is off. */
   concurrencyLimit: number | undefined
   /** One entry per replica. */

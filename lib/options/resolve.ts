@@ -72,6 +72,8 @@ export interface ResolvedClientOptions {
   readonly followRedirects: number
   /** A fixed `{ bearer }` or `{ username, password }` is in `defaultHeaders` too, as `authorization`. */
   readonly auth: ResolvedAuth | false
+  /** ms a stream may go without a byte once open. */
+  readonly idleTimeout: number
 }
 
 export interface ResolvedDeadline {
@@ -97,10 +99,11 @@ export const DEFAULT_STATUS_CODES: readonly number[] = Object.freeze([408, 429, 
 export const DEFAULT_DEADLINE_HEADER = 'x-request-timeout-ms'
 /** The most redirects a client or a call may follow. */
 export const MAX_REDIRECTS = 20
+export const DEFAULT_IDLE_TIMEOUT = 30_000
 
 const CLIENT_KEYS = [
   'baseUrl', 'timeout', 'totalTimeout', 'defaultHeaders', 'propagateRequestId', 'retry', 'circuitBreaker', 'pool',
-  'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection', 'followRedirects', 'auth'
+  'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection', 'followRedirects', 'auth', 'idleTimeout'
 ]
 const RETRY_KEYS = ['maxAttempts', 'backoffInitialMs', 'backoffMaxMs', 'jitter', 'statusCodes', 'respectRetryAfter', 'retryNonIdempotent', 'budget']
 const BUDGET_KEYS = ['ratio', 'minPerSecond']
@@ -316,7 +319,8 @@ export function resolveClientOptions (name: string, options: unknown, path: stri
     adaptiveConcurrency: resolveAdaptive(given.adaptiveConcurrency, maxInFlight, join(path, 'adaptiveConcurrency'), fail),
     outlierDetection: resolveOutlier(given.outlierDetection, origins.length, join(path, 'outlierDetection'), fail),
     followRedirects: given.followRedirects === undefined ? 0 : checkInteger(given.followRedirects, join(path, 'followRedirects'), fail, 0, MAX_REDIRECTS),
-    auth
+    auth,
+    idleTimeout: given.idleTimeout === undefined ? DEFAULT_IDLE_TIMEOUT : checkDuration(given.idleTimeout, join(path, 'idleTimeout'), fail)
   })
 }
 

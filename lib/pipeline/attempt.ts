@@ -31,6 +31,19 @@ export type CutValue = typeof Cut[keyof typeof Cut]
 /** A response body nobody reads yet is paused past this many bytes, as a stream would be. */
 const UNREAD_HIGH_WATER = 64 * 1024
 
+/**
+ * Takes a committed stream's body instead of the attempt's buffer
+ * (`client.stream()`, lib/streaming): every chunk, then its end or failure.
+ */
+export interface BodySink {
+  /** The call took this attempt's 2xx answer: set `attempt.sink` to take its chunks. */
+  commit(attempt: Attempt): void
+  onData(chunk: Buffer): void
+  onEnd(): void
+  /** The error a reader sees: ours as it is, a caller's reason as given, undici's wrapped. */
+  onError(error: unknown): void
+}
+
 /** What an attempt needs of the client it belongs to. */
 export interface AttemptHost {
   readonly name: string
@@ -45,6 +58,8 @@ export interface AttemptOwner extends CallDetails {
   readonly method: string
   readonly path: string
   readonly otelContext: unknown
+  /** A stream's sink: its body is bounded per line, not as a whole. */
+  readonly sink: BodySink | null
   /** Response headers came: `true` when the call takes this response as it streams (a winning answer). */
   onAttemptHeaders(attempt: Attempt): boolean
   /** The attempt is over without being handed out: judge it. */
@@ -106,6 +121,8 @@ export class Attempt implements Sendable, TimedEntry {
   // Live attempts of the client, for close.
   livePrev: Attempt | null = null
   liveNext: Attempt | null = null
+  /** Set when a stream commits to this attempt: its chunks go there. */
+  sink: BodySink | null = null
 
   #controller: DispatchController | null = null
   #dispatched = false
@@ -172,7 +189,7 @@ export class Attempt implements Sendable, TimedEntry {
     this.statusCode = statusCode
     this.headers = headers
     const limit = this.host.maxResponseBytes
-    if (limit !== undefined && this.owner.method !== 'HEAD' && Number(headers['content-length']) > limit) {
+    if (limit !== undefined && this.owner.method !== 'HEAD' && this.owner.sink === null && Number(headers['content-length']) > limit) {
       this.cancel(Cut.TooLarge, new ResponseTooLargeError(this.owner, limit))
       return
     }
@@ -181,6 +198,10 @@ export class Attempt implements Sendable, TimedEntry {
 
   onResponseData (controller: DispatchController, chunk: Buffer): void {
     if (this.phase === Phase.Done) return
+    if (this.sink !== null) {
+      this.sink.onData(chunk)
+      return
+    }
     this.size += chunk.length
     const limit = this.host.maxResponseBytes
     if (limit !== undefined && this.size > limit) {
@@ -206,6 +227,7 @@ export class Attempt implements Sendable, TimedEntry {
     handlerFrames.depth++
     try {
       this.#finish()
+      this.sink?.onEnd()
       if (this.#stream !== null) this.#stream.push(null)
       if (this.#reader !== null) {
         const [resolve] = this.#reader
@@ -327,6 +349,16 @@ export class Attempt implements Sendable, TimedEntry {
     return true
   }
 
+  /** Stops undici reading the body until `resumeBody()`. */
+  pauseBody (): void {
+    this.#controller?.pause()
+  }
+
+  /** Lets undici read the body again; never from inside `onResponseData`. */
+  resumeBody (): void {
+    this.#resume()
+  }
+
   #resume (): void {
     if (this.#controller === null || this.phase === Phase.Done) return
     this.#paused = false
@@ -335,6 +367,7 @@ export class Attempt implements Sendable, TimedEntry {
 
   #failBody (): void {
     const error = this.#bodyError()
+    this.sink?.onError(error)
     if (this.#stream !== null) this.#stream.destroy(error as Error)
     if (this.#reader !== null) {
       const [, reject] = this.#reader

@@ -1,5 +1,5 @@
 import { captureOtelContext } from '../async-context'
-import { Attempt, type AttemptHost, type AttemptOwner, Cut, type CutValue } from './attempt'
+import { Attempt, type AttemptHost, type AttemptOwner, type BodySink, Cut, type CutValue } from './attempt'
 import { type CircuitBreaker, Permit, type PermitValue, Verdict, type VerdictValue } from '../policies/circuit-breaker'
 import type { Clock, RandomSource } from '../clock'
 import type { ConcurrencyLimit } from '../policies/concurrency'
@@ -38,10 +38,15 @@ export interface CallHost extends AttemptHost {
   /** `fastify.close()` has begun: no more waits, retries or hedges. */
   readonly draining: boolean
   readonly closed: boolean
-  /** Calls waiting between two attempts, so that close can cut their waits. */
-  readonly waiting: Set<Call>
+  /** Calls (and streams) waiting between two attempts, so that close can cut their waits. */
+  readonly waiting: Set<Waiter>
   trackAttempt(attempt: Attempt): void
   untrackAttempt(attempt: Attempt): void
+}
+
+/** Something waiting to send again, that close cuts. */
+export interface Waiter extends CallDetails {
+  cancelWait(error: unknown): void
 }
 
 /** Where a call is. */
@@ -81,6 +86,12 @@ export class Call implements AttemptOwner, TimedEntry {
   readonly method: string
   readonly path: string
   readonly otelContext: unknown
+  /**
+   * Set by `client.stream()` before `start()`: the 2xx attempt commits to
+   * it, keeps its place in the concurrency limit, and is judged when its
+   * body ends rather than at its headers.
+   */
+  sink: BodySink | null = null
   /** Attempts sent, hedges included. */
   attempts = 0
   #state: StateValue = State.Running
@@ -269,7 +280,13 @@ export class Call implements AttemptOwner, TimedEntry {
     if (status < 200 || status >= 300 || isRetryStatus(status, this.request.retry)) return false
     // The hot path: a 2xx answer is judged now and handed out while its body comes.
     this.#removeRunning(attempt)
-    this.#judge(attempt, Verdict.Success)
+    if (this.sink === null) {
+      this.#judge(attempt, Verdict.Success)
+    } else {
+      // The commit point: from here a stream is bounded by its own timers, not the attempt's.
+      if (attempt.timerIndex >= 0) this.host.timers.remove(attempt)
+      this.sink.commit(attempt)
+    }
     this.#streaming = attempt
     this.#win(attempt)
     return true
@@ -279,6 +296,11 @@ export class Call implements AttemptOwner, TimedEntry {
     this.host.untrackAttempt(attempt)
     if (this.#streaming === attempt) this.#streaming = null
     this.#releaseSignal()
+    if (this.sink !== null) {
+      // A stream's one verdict, at its end: a consumer that stops reading found it working.
+      this.#judge(attempt, attempt.cut === Cut.Caller ? Verdict.Success : this.#verdictOf(attempt))
+      this.host.limit.release()
+    }
   }
 
   onAttemptEnd (attempt: Attempt): void {
@@ -500,7 +522,8 @@ export class Call implements AttemptOwner, TimedEntry {
     }
     this.#state = State.Settled
     if (this.timerIndex >= 0) host.timers.remove(this)
-    host.limit.release()
+    // A committed stream holds its place until its body ends.
+    if (this.sink === null || this.#streaming === null) host.limit.release()
     this.#lastFailure = null
     if (this.#streaming === null) this.#releaseSignal()
   }

@@ -78,6 +78,19 @@ export interface ConcurrencyLimitEvent {
   to: number
 }
 
+export interface StreamResumedEvent extends CallEvent {
+  /** The reconnect's number since the stream last yielded an event (1 for the first). */
+  attempt: number
+  /** Sent as `Last-Event-ID`. */
+  lastEventId: string
+  /** How long the stream waited before reconnecting, in ms. */
+  waitMs: number
+}
+
+export interface StreamIdleTimeoutEvent extends CallEvent {
+  idleTimeoutMs: number
+}
+
 export interface ReplicaEvent {
   client: string
   origin: string
@@ -103,7 +116,9 @@ export const CHANNELS = Object.freeze({
   overloaded: 'fastify-resilient-http:overloaded',
   deadlineExceeded: 'fastify-resilient-http:deadline-exceeded',
   concurrencyLimit: 'fastify-resilient-http:concurrency-limit',
-  replica: 'fastify-resilient-http:replica'
+  replica: 'fastify-resilient-http:replica',
+  streamResumed: 'fastify-resilient-http:stream-resumed',
+  streamIdleTimeout: 'fastify-resilient-http:stream-idle-timeout'
 })
 
 const channels = {
@@ -115,7 +130,9 @@ const channels = {
   overloaded: diagnosticsChannel.channel(CHANNELS.overloaded),
   deadlineExceeded: diagnosticsChannel.channel(CHANNELS.deadlineExceeded),
   concurrencyLimit: diagnosticsChannel.channel(CHANNELS.concurrencyLimit),
-  replica: diagnosticsChannel.channel(CHANNELS.replica)
+  replica: diagnosticsChannel.channel(CHANNELS.replica),
+  streamResumed: diagnosticsChannel.channel(CHANNELS.streamResumed),
+  streamIdleTimeout: diagnosticsChannel.channel(CHANNELS.streamIdleTimeout)
 }
 
 /**
@@ -186,6 +203,16 @@ export class ClientEvents {
       this.#log.info(event, `concurrency limit ${event.to} (was ${event.from})`)
     }
     if (channels.concurrencyLimit.hasSubscribers) channels.concurrencyLimit.publish(event)
+  }
+
+  streamResumed (event: StreamResumedEvent, log = this.#log): void {
+    log.info(event, `resuming ${event.method} ${event.path} after event ${event.lastEventId} in ${event.waitMs} ms (reconnect ${event.attempt})`)
+    if (channels.streamResumed.hasSubscribers) channels.streamResumed.publish(event)
+  }
+
+  streamIdleTimeout (event: StreamIdleTimeoutEvent, log = this.#log): void {
+    log.info(event, `${event.method} ${event.path}: the stream sent nothing for ${event.idleTimeoutMs} ms`)
+    if (channels.streamIdleTimeout.hasSubscribers) channels.streamIdleTimeout.publish(event)
   }
 
   replica (event: ReplicaEvent): void {

@@ -42,7 +42,9 @@ const EVENTS: ReadonlyArray<[channel: string, describe: (event: Payload) => [nam
   ['short-circuited', () => ['short_circuited', undefined]],
   ['overloaded', () => ['overloaded', undefined]],
   ['deadline-exceeded', () => ['deadline_exceeded', undefined]],
-  ['replica', (event) => [event.ejected === true ? 'replica_ejected' : 'replica_returned', undefined]]
+  ['replica', (event) => [event.ejected === true ? 'replica_ejected' : 'replica_returned', undefined]],
+  ['stream-resumed', () => ['stream_resumed', undefined]],
+  ['stream-idle-timeout', () => ['stream_idle_timeout', undefined]]
 ]
 
 let loaded = false
