@@ -27,6 +27,7 @@ function sleep (ms: number): Promise<void> {
 /** Writes `lines` one at a time, `everyMs` apart, then ends (or, with `hold`, stays open). */
 function writeSlowly (res: ServerResponse, lines: string[], everyMs: number, end = true): void {
   res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+  res.flushHeaders()
   let i = 0
   const timer = setInterval(() => {
     if (res.destroyed) {
@@ -166,8 +167,8 @@ test('bad stream options reject with InvalidRequestError', async (t) => {
 
 test('a healthy stream outlives timeout and totalTimeout: it is bounded by silence', async (t) => {
   const lines = Array.from({ length: 8 }, (_, i) => `${i}\n`)
-  const upstream = await upstreamFor(t, (_req, res) => { writeSlowly(res, lines, 60) })
-  const client = createHttpClient({ name: 'slow', baseUrl: upstream.url, timeout: 150, totalTimeout: 200, idleTimeout: 2_000 })
+  const upstream = await upstreamFor(t, (_req, res) => { writeSlowly(res, lines, 150) })
+  const client = createHttpClient({ name: 'slow', baseUrl: upstream.url, timeout: 400, totalTimeout: 500, idleTimeout: 2_000 })
   t.teardown(() => client.close())
   const { items, error } = await drain((await client.stream('/')).lines())
   t.equal(error, null, 'no timeout cut it')
