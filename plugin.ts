@@ -52,15 +52,17 @@ export { resendCountSpanHook } from './lib/telemetry/otel'
 export type {
   RetryEvent, RetrySkippedEvent, CircuitEvent, RetrySkipReason, HedgeEvent, ShortCircuitedEvent,
   OverloadedEvent, DeadlineExceededEvent, ConcurrencyLimitEvent, ReplicaEvent, CircuitCause,
-  StreamResumedEvent, StreamIdleTimeoutEvent
+  StreamResumedEvent, StreamIdleTimeoutEvent,
+  RateLimitedEvent, RateLimitPausedEvent
 } from './lib/telemetry/events'
+export type { PauseReason } from './lib/policies/rate-limit'
 export type { CircuitState } from './lib/policies/circuit-breaker'
 export type { Logger } from './lib/logger'
 // Named, not `export *`: the trailing `module.exports =` below hides star re-exports
 // from Node's CommonJS named-export detection, so ESM `import { TimeoutError }` would fail.
 export {
   HttpClientError, CircuitOpenError, OverloadedError, TimeoutError, UpstreamError,
-  InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError, InvalidResponseError
+  InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError, InvalidResponseError, RateLimitedError
 } from './lib/errors'
 export type { CallDetails, CircuitOpenedBy, TimeoutKind } from './lib/errors'
 export type * from './lib/types'

@@ -23,7 +23,8 @@ const SKIPPED: Record<RetrySkippedEvent['skipped'], string> = {
   circuit: 'the circuit is open',
   attempts: 'attempts used up',
   'stream-body': 'a stream body cannot be replayed',
-  closing: 'the app is closing'
+  closing: 'the app is closing',
+  'rate-limited': 'no rate-limit token in time'
 }
 
 // The payloads of the hedge, replica and deadline channels (see CHANNELS).

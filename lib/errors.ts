@@ -127,6 +127,19 @@ export class OverloadedError extends HttpClientError {
 
 messageOnRead(OverloadedError, (error) => `${describeCall(error)} refused: ${error.limit} calls already in flight`)
 
+/** No token within `maxWaitMs`, the total timeout or the deadline (see `rateLimit`): nothing was sent. */
+export class RateLimitedError extends HttpClientError {
+  /** Milliseconds until a token is expected. */
+  declare readonly retryAfterMs: number
+
+  constructor (details: CallDetails, retryAfterMs: number) {
+    super('FRH_RATE_LIMITED', undefined, details, 503)
+    this.retryAfterMs = retryAfterMs
+  }
+}
+
+messageOnRead(RateLimitedError, (error) => `${describeCall(error)} refused: rate limited, next token in ${error.retryAfterMs} ms`)
+
 /** Which timeout fired: one attempt's, the call's (or a stream's `maxDuration`), the inbound request's deadline, or a stream's silence. */
 export type TimeoutKind = 'attempt' | 'total' | 'deadline' | 'idle'
 

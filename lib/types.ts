@@ -186,6 +186,63 @@ export interface DeadlineOptions {
 }
 
 /**
+ * The slice of an `ioredis` client a fleet's rate limit uses (any client with
+ * the same `eval`/`evalsha` will do). The client is the app's: it is never
+ * connected or closed by the limit.
+ */
+export interface RedisLike {
+  eval (script: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
+  evalsha (sha: string, numKeys: number, ...args: Array<string | number>): Promise<unknown>
+}
+
+export interface RateLimitOptions {
+  /** Attempts per second this client may send (with `redis`: the whole fleet together). */
+  perSecond: number
+  /**
+   * Attempts that may go at once after a quiet spell: the bucket's size.
+   * @default perSecond
+   */
+  burst?: number
+  /**
+   * How long a call may wait for its turn, in ms; `0`: never wait.
+   * @default 1000
+   */
+  maxWaitMs?: number
+  /**
+   * An `ioredis` client (the app's own, already connected): the limit is
+   * shared by every instance that uses the same `key`.
+   * @default undefined (this instance's own limit, in memory)
+   */
+  redis?: RedisLike
+  /**
+   * The Redis key of the shared limit (with `redis`).
+   * @default 'frh:rate:<client name>'
+   */
+  key?: string
+  /**
+   * Tokens an instance takes from Redis at once, to save round trips (with `redis`).
+   * @default max(1, floor(perSecond / 50)), at most burst
+   */
+  lease?: number
+  /**
+   * A Redis command not answered in this many ms counts as Redis unreachable (with `redis`).
+   * @default 100
+   */
+  redisTimeoutMs?: number
+  /**
+   * Redis unreachable: `'local'` keeps a limit of `localPerSecond` in this
+   * instance; `'refuse'` refuses the calls (with `redis`).
+   * @default 'local'
+   */
+  onRedisError?: 'local' | 'refuse'
+  /**
+   * The limit of this one instance while Redis is unreachable (with `redis`).
+   * @default perSecond
+   */
+  localPerSecond?: number
+}
+
+/**
  * What a client sends through: any undici `Dispatcher` (undici 7 or 8: an
  * `Agent`, `Pool`, `MockAgent`, ...). Only `dispatch()` is used, with
  * undici's handler API.
@@ -304,6 +361,12 @@ export interface ClientOptions {
    * @default 30000
    */
   idleTimeout?: number
+  /**
+   * Attempts per second to this upstream, for this instance or, with
+   * `redis`, for the whole fleet; `false` for no limit.
+   * @default false
+   */
+  rateLimit?: RateLimitOptions | false
 }
 
 /** A fixed bearer token: `authorization: Bearer <bearer>`. */

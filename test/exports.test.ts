@@ -67,7 +67,9 @@ test('every named export is there', async (t) => {
     concurrencyLimit: 'fastify-resilient-http:concurrency-limit',
     replica: 'fastify-resilient-http:replica',
     streamResumed: 'fastify-resilient-http:stream-resumed',
-    streamIdleTimeout: 'fastify-resilient-http:stream-idle-timeout'
+    streamIdleTimeout: 'fastify-resilient-http:stream-idle-timeout',
+    rateLimited: 'fastify-resilient-http:rate-limited',
+    rateLimitPaused: 'fastify-resilient-http:rate-limit-paused'
   })
   t.ok(Object.isFrozen(api.CHANNELS))
 })

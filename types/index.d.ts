@@ -53,6 +53,8 @@ declare namespace fastifyResilientHttp {
   export type ClientOptions = api.ClientOptions
   export type CreateHttpClientOptions = api.CreateHttpClientOptions
   export type RetryOptions = api.RetryOptions
+  export type RateLimitOptions = api.RateLimitOptions
+  export type RedisLike = api.RedisLike
   export type RetryBudgetOptions = api.RetryBudgetOptions
   export type CircuitBreakerOptions = api.CircuitBreakerOptions
   export type HedgeOptions = api.HedgeOptions
@@ -95,6 +97,9 @@ declare namespace fastifyResilientHttp {
   export type DeadlineExceededEvent = api.DeadlineExceededEvent
   export type ConcurrencyLimitEvent = api.ConcurrencyLimitEvent
   export type ReplicaEvent = api.ReplicaEvent
+  export type RateLimitedEvent = api.RateLimitedEvent
+  export type RateLimitPausedEvent = api.RateLimitPausedEvent
+  export type PauseReason = api.PauseReason
   export type ReplicaStats = api.ReplicaStats
 
   export const createHttpClient: typeof api.createHttpClient
@@ -127,6 +132,8 @@ declare namespace fastifyResilientHttp {
   export const InvalidResponseError: typeof api.InvalidResponseError
   export type InvalidOptionsError = api.InvalidOptionsError
   export const InvalidOptionsError: typeof api.InvalidOptionsError
+  export type RateLimitedError = api.RateLimitedError
+  export const RateLimitedError: typeof api.RateLimitedError
 
   /** The plugin, also the default export. */
   export const resilientHttp: ResilientHttpPlugin

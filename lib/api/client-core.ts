@@ -12,6 +12,8 @@ import { createUpstreams } from '../transport/upstream'
 import { ReplicaSet } from '../policies/replicas'
 import type { InboundContext } from '../inbound/request-context'
 import { RetryBudget } from '../policies/retry-budget'
+import { LocalBucket, RateLimiter } from '../policies/rate-limit'
+import { RedisTokens } from '../policies/rate-limit-redis'
 import { Counters } from './stats'
 import { TimerHeap } from '../pipeline/timer-heap'
 import { sendablePath } from '../url'
@@ -41,6 +43,7 @@ export class ClientCore implements CallHost {
   readonly breakerSettings: ResolvedBreaker | false
   readonly budget: RetryBudget | null
   readonly limit: ConcurrencyLimit
+  readonly rateLimit: RateLimiter | null
   readonly replicas: ReplicaSet
   latency: LatencyTracker | null
   readonly events: ClientEvents
@@ -76,8 +79,23 @@ export class ClientCore implements CallHost {
     this.limit = new ConcurrencyLimit(settings.maxInFlight, settings.adaptiveConcurrency, (from, to) => {
       this.events.concurrencyLimit({ client: this.name, from, to }, this.clock.now())
     })
+    this.rateLimit = this.#rateLimiter(settings)
     this.replicas = new ReplicaSet(createUpstreams(settings, optionPath), settings.outlierDetection, this.random, this.events, this.name)
     this.latency = settings.hedge !== false && settings.hedge.delayMs === 'auto' ? new LatencyTracker() : null
+  }
+
+  #rateLimiter (settings: ResolvedClientOptions): RateLimiter | null {
+    const options = settings.rateLimit
+    if (options === false) return null
+    const now = this.clock.now()
+    const source = options.redis === undefined
+      ? new LocalBucket(options.perSecond, options.burst, now)
+      : new RedisTokens(options, this.clock, {
+        paused: (pausedMs) => { this.events.rateLimitPaused({ client: this.name, pausedMs, reason: 'fleet' }) },
+        unreachable: (error) => { this.events.redisUnreachable(this.name, options.onRedisError, error) },
+        wake: () => { this.rateLimit?.wake() }
+      })
+    return new RateLimiter(source, options.maxWaitMs, this.clock)
   }
 
   /**
@@ -129,6 +147,7 @@ export class ClientCore implements CallHost {
     if (this.#closing === null) {
       this.drain()
       this.closed = true
+      this.rateLimit?.close()
       this.#closing = this.#closeWhenIdle()
     }
     return this.#closing

@@ -109,6 +109,8 @@ export class HttpClient {
       hedgeWins: counters.hedgeWins,
       overloaded: counters.overloaded,
       streams: counters.streams,
+      rateLimited: counters.rateLimited,
+      rateLimitWaits: counters.rateLimitWaits,
       concurrencyLimit: core.limit.adaptiveLimit,
       replicas: core.replicas.stats(now),
       pool: sumPoolStats(pools.map((upstream) => upstream.stats()))

@@ -15,6 +15,8 @@ export class Counters {
   overloaded = 0
   /** Streams open now (committed and not ended). */
   streams = 0
+  rateLimited = 0
+  rateLimitWaits = 0
 }
 
 /** What `client.stats()` returns. */
@@ -42,6 +44,10 @@ export interface ClientStats {
   overloaded: number
   /** Streams open now: committed (`client.stream()` resolved) and not ended. */
   streams: number
+  /** Calls refused by the rate limit. */
+  rateLimited: number
+  /** Calls that waited for their turn under the rate limit. */
+  rateLimitWaits: number
   /** The adaptive concurrency limit; `undefined` when `adaptiveConcurrency` is off. */
   concurrencyLimit: number | undefined
   /** One entry per replica. */

@@ -3,6 +3,7 @@ import { InvalidOptionsError } from '../errors'
 import { hasHeader, type HeaderList, toHeaderList } from '../headers'
 import { type ResolvedAuth, resolveAuth } from './auth'
 import { type ResolvedBreaker, resolveBreaker } from './breaker'
+import { type ResolvedRateLimit, resolveRateLimit } from './rate-limit'
 import type { ClientOptions, Jitter, PluginOptions, RetryOptions } from '../types'
 import { parseBaseUrl } from '../url'
 import {
@@ -74,6 +75,7 @@ export interface ResolvedClientOptions {
   readonly auth: ResolvedAuth | false
   /** ms a stream may go without a byte once open. */
   readonly idleTimeout: number
+  readonly rateLimit: ResolvedRateLimit | false
 }
 
 export interface ResolvedDeadline {
@@ -103,7 +105,7 @@ export const DEFAULT_IDLE_TIMEOUT = 30_000
 
 const CLIENT_KEYS = [
   'baseUrl', 'timeout', 'totalTimeout', 'defaultHeaders', 'propagateRequestId', 'retry', 'circuitBreaker', 'pool',
-  'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection', 'followRedirects', 'auth', 'idleTimeout'
+  'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection', 'followRedirects', 'auth', 'idleTimeout', 'rateLimit'
 ]
 const RETRY_KEYS = ['maxAttempts', 'backoffInitialMs', 'backoffMaxMs', 'jitter', 'statusCodes', 'respectRetryAfter', 'retryNonIdempotent', 'budget']
 const BUDGET_KEYS = ['ratio', 'minPerSecond']
@@ -320,11 +322,12 @@ export function resolveClientOptions (name: string, options: unknown, path: stri
     outlierDetection: resolveOutlier(given.outlierDetection, origins.length, join(path, 'outlierDetection'), fail),
     followRedirects: given.followRedirects === undefined ? 0 : checkInteger(given.followRedirects, join(path, 'followRedirects'), fail, 0, MAX_REDIRECTS),
     auth,
-    idleTimeout: given.idleTimeout === undefined ? DEFAULT_IDLE_TIMEOUT : checkDuration(given.idleTimeout, join(path, 'idleTimeout'), fail)
+    idleTimeout: given.idleTimeout === undefined ? DEFAULT_IDLE_TIMEOUT : checkDuration(given.idleTimeout, join(path, 'idleTimeout'), fail),
+    rateLimit: resolveRateLimit(given.rateLimit, name, join(path, 'rateLimit'), fail)
   })
 }
 
-const MERGED_OBJECTS = new Set(['retry', 'circuitBreaker', 'pool', 'budget', 'hedge', 'adaptiveConcurrency', 'outlierDetection'])
+const MERGED_OBJECTS = new Set(['retry', 'circuitBreaker', 'pool', 'budget', 'hedge', 'adaptiveConcurrency', 'outlierDetection', 'rateLimit'])
 
 /** `own` over `base`, merging the nested option objects; `false` and other values replace. */
 function mergeOptions (base: Record<string, unknown>, own: Record<string, unknown>): Record<string, unknown> {
@@ -436,6 +439,8 @@ function checkDefaults (defaults: Record<string, unknown>): void {
   // Likewise a default recoveryMaxMs may fit only the clients that lower recoveryMs.
   const breaker = probe.circuitBreaker
   if (isPlainObject(breaker) && breaker.recoveryMaxMs !== undefined && breaker.recoveryMs === undefined) probe.circuitBreaker = { ...breaker, recoveryMs: 1 }
+  // A default rate limit may leave `perSecond` to each client.
+  if (isPlainObject(probe.rateLimit) && probe.rateLimit.perSecond === undefined) probe.rateLimit = { ...probe.rateLimit, perSecond: 1_000_000 }
   // No client to name: a bad default is the plugin's option.
   resolveClientOptions('defaults', probe, 'defaults', null)
   const fail: Fail = (option, reason) => { throw new InvalidOptionsError(option, reason) }

@@ -4,7 +4,7 @@ import { type CircuitBreaker, Permit, type PermitValue, Verdict, type VerdictVal
 import type { Clock, RandomSource } from '../clock'
 import type { ConcurrencyLimit } from '../policies/concurrency'
 import {
-  type CallDetails, CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError, OverloadedError, TimeoutError, UpstreamError
+  type CallDetails, CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError, OverloadedError, RateLimitedError, TimeoutError, UpstreamError
 } from '../errors'
 import type { ClientEvents, RetrySkipReason } from '../telemetry/events'
 import { hasHeader, withoutHeader } from '../headers'
@@ -17,6 +17,8 @@ import type { ReplicaSet } from '../policies/replicas'
 import type { PreparedRequest } from './prepare'
 import { HttpResponse } from './response'
 import { askedWait, nextRetry } from './retry'
+import { askedPause } from './rate-limit-headers'
+import type { RateLimiter, TokenWaiter } from '../policies/rate-limit'
 import type { RetryBudget } from '../policies/retry-budget'
 import type { Counters } from '../api/stats'
 import type { TimedEntry } from './timer-heap'
@@ -29,6 +31,7 @@ export interface CallHost extends AttemptHost {
   readonly breakerSettings: ResolvedBreaker | false
   readonly budget: RetryBudget | null
   readonly limit: ConcurrencyLimit
+  readonly rateLimit: RateLimiter | null
   readonly replicas: ReplicaSet
   /** Made on the first call hedged with `'auto'` (the client's option or a call's own). */
   latency: LatencyTracker | null
@@ -76,7 +79,7 @@ function describeFailure (attempt: Attempt): string {
  * once, and settles once. What a failure means is decided in outcome.ts,
  * whether and when to retry in retry.ts.
  */
-export class Call implements AttemptOwner, TimedEntry {
+export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
   // Set by the promise executor in start(), before anything can settle the call.
   resolve!: (response: HttpResponse) => void
   reject!: (error: unknown) => void
@@ -112,6 +115,11 @@ export class Call implements AttemptOwner, TimedEntry {
   #waitTimer: unknown = null
   #retryAt = 0
   #callerListener: (() => void) | null = null
+  /** The breaker's permit of the attempt waiting for a rate-limit token. */
+  #tokenPermit: PermitValue = Permit.Pass
+  /** When the budget granted the retry being waited for: given back if it is not made. */
+  #retryGrantedAt = 0
+  #waitedForToken = false
 
   // The hedge timer's heap entry.
   timerAt = 0
@@ -173,8 +181,12 @@ export class Call implements AttemptOwner, TimedEntry {
         return promise
       }
     }
-    host.budget?.recordCall(now)
     if (signal !== undefined) this.#watchSignal(signal)
+    if (host.rateLimit !== null && !host.rateLimit.tryTake(now)) {
+      this.#awaitToken(permit, now)
+      return promise
+    }
+    host.budget?.recordCall(now)
     this.#send(permit, false, now)
     return promise
   }
@@ -357,10 +369,12 @@ export class Call implements AttemptOwner, TimedEntry {
     // Time to headers, or to the failure that came instead: read by the slow-call rule only.
     breaker?.record(attempt.permit, verdict, now, (attempt.headersAt === 0 ? now : attempt.headersAt) - attempt.startedAt)
     host.replicas.record(attempt.upstream, verdict, now)
+    if (host.rateLimit !== null && attempt.headers !== null) this.#hearRateLimit(host.rateLimit, attempt)
     if (verdict === Verdict.None) return
     if (host.limit.adaptive) host.limit.onAttempt(isDrop(status, attempt.error, attempt.cut === Cut.Timeout))
     const settings = host.breakerSettings
-    if (breaker !== null && settings !== false && settings.openOnRetryAfter && (status === 429 || status === 503)) {
+    // With a rate limit, a 429's Retry-After pauses the limit instead.
+    if (breaker !== null && settings !== false && settings.openOnRetryAfter && (status === 503 || (status === 429 && host.rateLimit === null))) {
       const asked = askedWait(this.request.retry, status, attempt.headers?.['retry-after'], this.#wallNow())
       if (asked !== undefined && asked > 0) {
         breaker.openFor(Math.min(asked, 10 * settings.recoveryMs), now)
@@ -399,6 +413,7 @@ export class Call implements AttemptOwner, TimedEntry {
       openedByThisAnswer: this.#openedCircuit
     }, host, now, this.#wallNow())
     this.#openedCircuit = false
+    this.#retryGrantedAt = now
     if (typeof decision !== 'number') {
       if (decision === 'budget') host.counters.retriesDenied++
       this.#endWithLastFailure(decision)
@@ -430,6 +445,10 @@ export class Call implements AttemptOwner, TimedEntry {
         this.#endWithLastFailure('circuit')
         return
       }
+    }
+    if (host.rateLimit !== null && !host.rateLimit.tryTake(now)) {
+      this.#awaitToken(permit, now)
+      return
     }
     host.counters.retries++
     this.#send(permit, false, now)
@@ -463,6 +482,11 @@ export class Call implements AttemptOwner, TimedEntry {
     // Armed only before the call's end (#armHedge) and sent in the same turn of the event loop: a hedge is cut with its call.
     if (host.breaker !== null && host.breaker.state(now) !== 'closed') return
     if (host.budget !== null && !host.budget.tryAcquire(now)) return
+    // A hedge is for a slow answer now: it never waits in line for a token.
+    if (host.rateLimit !== null && !host.rateLimit.tryTake(now)) {
+      host.budget?.refund(now, now)
+      return
+    }
     this.#hedgesSent++
     host.counters.hedges++
     const delayMs = Math.round(now - this.#startedAt)
@@ -515,9 +539,15 @@ export class Call implements AttemptOwner, TimedEntry {
 
   #settle (): void {
     const host = this.host
-    if (this.#state === State.Waiting && this.#waitTimer !== null) {
-      host.clock.clearTimer(this.#waitTimer)
-      this.#waitTimer = null
+    if (this.#state === State.Waiting) {
+      if (this.#waitTimer !== null) {
+        host.clock.clearTimer(this.#waitTimer)
+        this.#waitTimer = null
+      } else {
+        // Cut while waiting for a token (the caller, close): it leaves the line and gives back what it holds.
+        host.rateLimit?.cancel(this)
+        this.#giveBack(host.clock.now())
+      }
       host.waiting.delete(this)
     }
     this.#state = State.Settled
@@ -533,6 +563,69 @@ export class Call implements AttemptOwner, TimedEntry {
     const error = new ClientClosedError(this)
     if (this.#state !== State.Settled) this.#fail(error, Cut.Closed)
     this.#streaming?.cancel(Cut.Closed, error)
+  }
+
+  // --- the rate limit ---
+
+  /** No token at once: wait in line if the turn comes in time, else no attempt. */
+  #awaitToken (permit: PermitValue, now: number): void {
+    const host = this.host
+    this.#tokenPermit = permit
+    // From close on, nothing waits.
+    const retryAfterMs = host.draining ? -1 : (host.rateLimit as RateLimiter).wait(this, now, this.#endsAt)
+    if (retryAfterMs === 0) {
+      if (!this.#waitedForToken) host.counters.rateLimitWaits++
+      this.#waitedForToken = true
+      this.#state = State.Waiting
+      host.waiting.add(this)
+      return
+    }
+    this.#noToken(retryAfterMs, now)
+  }
+
+  onToken (now: number): void {
+    const host = this.host
+    host.waiting.delete(this)
+    this.#state = State.Running
+    if (this.attempts === 0) host.budget?.recordCall(now)
+    else host.counters.retries++
+    this.#send(this.#tokenPermit, false, now)
+  }
+
+  onNoToken (retryAfterMs: number): void {
+    this.host.waiting.delete(this)
+    this.#state = State.Running
+    this.#noToken(retryAfterMs, this.host.clock.now())
+  }
+
+  /** The attempt is not sent: the first refuses the call, a retry is a retry not made. Neither breaker nor budget counts it. */
+  #noToken (retryAfterMs: number, now: number): void {
+    const host = this.host
+    this.#giveBack(now)
+    if (retryAfterMs < 0) {
+      this.#fail(new ClientClosedError(this))
+    } else if (this.attempts > 0) {
+      this.#endWithLastFailure('rate-limited')
+    } else {
+      host.counters.rateLimited++
+      host.events.rateLimited({ client: this.clientName, method: this.method, path: this.path, retryAfterMs }, this.#log())
+      this.#fail(withoutStack(RateLimitedError, this, retryAfterMs))
+    }
+  }
+
+  /** What earlier stages lent the attempt not sent: a half-open probe slot, a retry's budget. */
+  #giveBack (now: number): void {
+    this.host.breaker?.record(this.#tokenPermit, Verdict.None, now)
+    if (this.attempts > 0) this.host.budget?.refund(this.#retryGrantedAt, now)
+  }
+
+  /** The upstream's word on its rate limit pauses the client's, unless the call chose not to trust it. */
+  #hearRateLimit (limiter: RateLimiter, attempt: Attempt): void {
+    const retry = this.request.retry
+    if (retry !== false && !retry.respectRetryAfter) return
+    const asked = askedPause(attempt.statusCode, attempt.headers as NonNullable<Attempt['headers']>, this.#wallNow())
+    if (asked === null || !limiter.pause(asked.ms, this.host.clock.now())) return
+    this.host.events.rateLimitPaused({ client: this.clientName, pausedMs: Math.round(asked.ms), reason: asked.reason }, this.#log())
   }
 
   // --- the caller's signal ---

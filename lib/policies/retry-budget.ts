@@ -39,6 +39,16 @@ export class RetryBudget {
     return true
   }
 
+  /** Gives back a retry taken at `takenAt` that was not made after all. */
+  refund (takenAt: number, now: number): void {
+    const second = Math.floor(now / 1000)
+    if (second !== this.second) this.advance(second)
+    const taken = Math.floor(takenAt / 1000)
+    if (second - taken >= BUCKETS) return
+    const index = taken % BUCKETS
+    if (this.retries[index] > 0) this.retries[index]--
+  }
+
   /** Clears the buckets of the seconds that passed since the last record. */
   private advance (second: number): void {
     const elapsed = second - this.second

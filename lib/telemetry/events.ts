@@ -1,11 +1,12 @@
 import diagnosticsChannel from 'node:diagnostics_channel'
 import type { CircuitCause, CircuitState } from '../policies/circuit-breaker'
 import type { Logger } from '../logger'
+import type { PauseReason } from '../policies/rate-limit'
 
 export type { CircuitCause } from '../policies/circuit-breaker'
 
 /** Why a retry was not made. */
-export type RetrySkipReason = 'method' | 'budget' | 'deadline' | 'circuit' | 'attempts' | 'stream-body' | 'closing'
+export type RetrySkipReason = 'method' | 'budget' | 'deadline' | 'circuit' | 'attempts' | 'stream-body' | 'closing' | 'rate-limited'
 
 interface CallEvent {
   client: string
@@ -91,6 +92,19 @@ export interface StreamIdleTimeoutEvent extends CallEvent {
   idleTimeoutMs: number
 }
 
+export interface RateLimitedEvent extends CallEvent {
+  /** Ms until a token is expected. */
+  retryAfterMs: number
+}
+
+export interface RateLimitPausedEvent {
+  client: string
+  /** How long the limit sends nothing, in ms; then it starts empty. */
+  pausedMs: number
+  /** Which header of the upstream's answer asked for it, or `'fleet'`: another instance learnt it (through Redis). */
+  reason: PauseReason
+}
+
 export interface ReplicaEvent {
   client: string
   origin: string
@@ -118,7 +132,9 @@ export const CHANNELS = Object.freeze({
   concurrencyLimit: 'fastify-resilient-http:concurrency-limit',
   replica: 'fastify-resilient-http:replica',
   streamResumed: 'fastify-resilient-http:stream-resumed',
-  streamIdleTimeout: 'fastify-resilient-http:stream-idle-timeout'
+  streamIdleTimeout: 'fastify-resilient-http:stream-idle-timeout',
+  rateLimited: 'fastify-resilient-http:rate-limited',
+  rateLimitPaused: 'fastify-resilient-http:rate-limit-paused'
 })
 
 const channels = {
@@ -132,7 +148,9 @@ const channels = {
   concurrencyLimit: diagnosticsChannel.channel(CHANNELS.concurrencyLimit),
   replica: diagnosticsChannel.channel(CHANNELS.replica),
   streamResumed: diagnosticsChannel.channel(CHANNELS.streamResumed),
-  streamIdleTimeout: diagnosticsChannel.channel(CHANNELS.streamIdleTimeout)
+  streamIdleTimeout: diagnosticsChannel.channel(CHANNELS.streamIdleTimeout),
+  rateLimited: diagnosticsChannel.channel(CHANNELS.rateLimited),
+  rateLimitPaused: diagnosticsChannel.channel(CHANNELS.rateLimitPaused)
 }
 
 /**
@@ -222,5 +240,22 @@ export class ClientEvents {
       this.#log.info(event, `replica ${event.origin} serves again`)
     }
     if (channels.replica.hasSubscribers) channels.replica.publish(event)
+  }
+
+  rateLimited (event: RateLimitedEvent, log = this.#log): void {
+    log.info(event, `${event.method} ${event.path} refused by the rate limit: next token in ${event.retryAfterMs} ms`)
+    if (channels.rateLimited.hasSubscribers) channels.rateLimited.publish(event)
+  }
+
+  rateLimitPaused (event: RateLimitPausedEvent, log = this.#log): void {
+    const source = event.reason === 'fleet' ? 'as another instance learnt' : `as the upstream asked (${event.reason})`
+    log.warn(event, `rate limit paused for ${event.pausedMs} ms, ${source}`)
+    if (channels.rateLimitPaused.hasSubscribers) channels.rateLimitPaused.publish(event)
+  }
+
+  /** Redis failed a fleet's rate limit: logged (at most once a second, as the limit asks again then), not published. */
+  redisUnreachable (client: string, fallback: 'local' | 'refuse', error: unknown): void {
+    const then = fallback === 'local' ? 'this instance keeps its own limit' : 'calls are refused'
+    this.#log.warn({ client, err: error }, `rate limit: Redis unreachable (${error instanceof Error ? error.message : String(error)}); ${then} for now`)
   }
 }

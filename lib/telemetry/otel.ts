@@ -44,7 +44,9 @@ const EVENTS: ReadonlyArray<[channel: string, describe: (event: Payload) => [nam
   ['deadline-exceeded', () => ['deadline_exceeded', undefined]],
   ['replica', (event) => [event.ejected === true ? 'replica_ejected' : 'replica_returned', undefined]],
   ['stream-resumed', () => ['stream_resumed', undefined]],
-  ['stream-idle-timeout', () => ['stream_idle_timeout', undefined]]
+  ['stream-idle-timeout', () => ['stream_idle_timeout', undefined]],
+  ['rate-limited', () => ['rate_limited', undefined]],
+  ['rate-limit-paused', (event) => ['rate_limit_paused', event.reason]]
 ]
 
 let loaded = false
