@@ -2,7 +2,7 @@ import type { ServerResponse } from 'node:http'
 import Fastify from 'fastify'
 import { type Test, test } from 'tap'
 import resilientHttp, {
-  CHANNELS, CircuitOpenError, ClientClosedError, createHttpClient, HttpStatusError, InvalidRequestError,
+  CHANNELS, CircuitOpenError, ClientClosedError, createHttpClient, HttpStatusError, HttpStream, InvalidRequestError,
   InvalidResponseError, OverloadedError, ResponseTooLargeError, TimeoutError, UpstreamError
 } from '../plugin'
 import './helpers/fastify-types'
@@ -425,4 +425,53 @@ test('a stream that ends within the grace period ends cleanly', async (t) => {
   const { items, error } = await reading
   t.equal(error, null)
   t.same(items, ['1', '2', '3'])
+})
+
+test('body: a failure after the commit destroys the Readable with the error; destroying it closes the stream', async (t) => {
+  const upstream = await upstreamFor(t, async (req, res) => {
+    res.writeHead(200)
+    res.flushHeaders()
+    if (req.url === '/hold') return
+    res.write('abc')
+    await sleep(30)
+    res.socket?.destroy()
+  })
+  const client = createHttpClient({ name: 'bodyfail', baseUrl: upstream.url })
+  t.teardown(() => client.close())
+  const stream = await client.stream('/')
+  const chunks: Buffer[] = []
+  let error: unknown = null
+  try {
+    for await (const chunk of stream.body) chunks.push(chunk as Buffer)
+  } catch (caught) {
+    error = caught
+  }
+  t.equal(Buffer.concat(chunks).toString(), 'abc')
+  t.ok(error instanceof UpstreamError)
+  t.equal((error as UpstreamError).delivered, 3, 'bytes, for body')
+
+  const held = await client.stream('/hold')
+  held.body.destroy()
+  t.ok(await eventually(() => client.stats().streams === 0), 'destroying the body closes the stream')
+})
+
+test('a bad record while the stream is open ends it at once and frees its connection', async (t) => {
+  let closed = false
+  const upstream = await upstreamFor(t, (_req, res) => {
+    res.on('close', () => { closed = true })
+    res.writeHead(200)
+    res.write('{"a":1}\nnot json\n')
+  })
+  const client = createHttpClient({ name: 'badopen', baseUrl: upstream.url, circuitBreaker: { failureThreshold: 1 } })
+  t.teardown(() => client.close())
+  const { items, error } = await drain((await client.stream('/', { resume: {} })).ndjson())
+  t.same(items, [{ a: 1 }])
+  t.ok(error instanceof InvalidResponseError)
+  t.ok(await eventually(() => closed), 'the request was ended')
+  t.equal(client.stats().streams, 0)
+  t.equal(client.stats().circuit, 'closed', 'a broken body is not the upstream failing')
+})
+
+test('HttpStream cannot be constructed', async (t) => {
+  t.throws(() => new (HttpStream as unknown as new (key: symbol) => unknown)(Symbol('open')), TypeError)
 })

@@ -94,10 +94,7 @@ export class Reconnection implements Reconnector {
     const host = core.host
     const now = host.clock.now()
     const log = core.request.inbound?.log ?? host.log
-    if (host.draining || host.closed) {
-      this.#end(this.#lastError)
-      return
-    }
+    // Close cuts this wait (it is in `host.waiting`), so the client is open here.
     if (host.breaker !== null && host.breaker.state(now) !== 'closed') {
       this.#end(this.#lastError)
       return

@@ -26,13 +26,15 @@ const DIGITS = /^\d+$/
  * ended by a blank line when the body ends is dropped, as the rules say.
  */
 export class SseParser implements BodyParser<ServerSentEvent> {
-  /** The last event id seen, kept across reconnections. */
+  /** The last event id of an event block that ended (a blank line), kept across reconnections: what `Last-Event-ID` sends. */
   lastEventId: string | undefined = undefined
   /** The last reconnection time the server set, kept across reconnections. */
   lastRetry: number | undefined = undefined
   #splitter: LineSplitter
   readonly #details: CallDetails
   readonly #limit: number
+  /** The id of the block being read; it becomes `lastEventId` at the blank line that ends the block. */
+  #id: string | undefined = undefined
   #data: string | undefined = undefined
   #type = ''
   #retry: number | undefined = undefined
@@ -70,7 +72,7 @@ export class SseParser implements BodyParser<ServerSentEvent> {
           this.#type = value
           break
         case 'id':
-          if (!value.includes('\0')) this.lastEventId = value
+          if (!value.includes('\0')) this.#id = value
           break
         case 'retry':
           if (DIGITS.test(value)) this.lastRetry = this.#retry = Number(value)
@@ -86,6 +88,7 @@ export class SseParser implements BodyParser<ServerSentEvent> {
   /** A new connection: what was pending of an event is dropped; the last id and retry stay. */
   reset (): void {
     this.#splitter = lineSplitter(this.#details, this.#limit, true)
+    this.#id = this.lastEventId
     this.#data = undefined
     this.#type = ''
     this.#retry = undefined
@@ -95,6 +98,7 @@ export class SseParser implements BodyParser<ServerSentEvent> {
     const data = this.#data
     const type = this.#type
     const retry = this.#retry
+    this.lastEventId = this.#id
     this.#data = undefined
     this.#type = ''
     this.#retry = undefined

@@ -169,11 +169,6 @@ export class StreamCore implements BodySink, TimedEntry, Waiter {
     return chunk
   }
 
-  /** Nothing more will come: the body ended, failed or was closed. */
-  get settled (): boolean {
-    return this.ended || this.failure !== undefined || this.closed
-  }
-
   /** The consumer is done with it: ends it at once and frees its connection. */
   close (): void {
     if (this.closed || this.#over) return
@@ -231,11 +226,6 @@ export class StreamCore implements BodySink, TimedEntry, Waiter {
   /** Close (`fastify.close()`) cut a wait between two connections. */
   cancelWait (error: unknown): void {
     this.fail(error, false)
-  }
-
-  /** The stream is open on `attempt` right now. */
-  get connected (): boolean {
-    return this.#attempt !== null
   }
 
   #cut (cut: CutValue, reason: unknown): void {
