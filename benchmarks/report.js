@@ -172,6 +172,42 @@ function otelSection (phase, plan) {
   return lines
 }
 
+const seconds = (ms) => ms === null ? 'not within 1 h' : `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`
+
+function breakerSection (phase, plan) {
+  const { settings } = phase
+  const window = settings.windowMs
+  const lines = ['## 8. Circuit breaker rules (simulated clock)', '']
+  lines.push('`benchmarks/breaker-sim.js`: the compiled breaker (`dist/`) with its options resolved as registration does, on a simulated clock; calls arrive evenly,')
+  lines.push('each attempt the breaker lets through answers after the upstream\'s latency and is judged then. "consecutive": the defaults (5 failures in a row);')
+  lines.push(`"ratio": \`failureRatio: ${settings.ratio.failureRatio}\` added, the rest at its defaults (\`minimumThroughput: 20\`, \`samplingMs: ${window}\`; the consecutive rule stays on, whichever fires first opens);`)
+  lines.push('"ratio alone": the same with a `failureThreshold` never reached. No wall clock is measured: the figures are the same on any machine.', '')
+  lines.push(`**A partial outage.** ${settings.healthyMs / 1000} s of healthy traffic (the window full of successes), then 30 % of calls fail, independently, each answering in 50 ms.`)
+  lines.push(`${plan.seeds} runs per rule and rate (seeded); time from the start of the outage to the circuit opening, and the attempts sent to the failing upstream until then.`, '')
+  lines.push(`| rule | calls/s | time to open (median) | slowest | runs open within ${window / 1000} s | attempts sent (median) | most | opened by |`)
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |')
+  for (const row of phase.outage) {
+    lines.push(`| ${row.rule} | ${int(row.rate)} | ${seconds(row.openedMs.median)} | ${seconds(row.openedMs.max)} | ${row.withinWindow} of ${row.runs} | ${int(row.sent.median)} | ${int(row.sent.max)} | ${row.causes.join(', ')} |`)
+  }
+  lines.push('', `**False openings.** 5 % of calls fail, independently, for ${plan.hours} simulated hour(s) from a fresh client; openings (from closed) per hour.`, '')
+  lines.push('| rule | 10 calls/s | 100 calls/s | 1,000 calls/s | opened by |')
+  lines.push('| --- | ---: | ---: | ---: | --- |')
+  for (const rule of [...new Set(phase.falseOpenings.map((row) => row.rule))]) {
+    const rows = phase.falseOpenings.filter((row) => row.rule === rule)
+    const causes = [...new Set(rows.flatMap((row) => row.causes))]
+    lines.push(`| ${rule} | ${rows.map((row) => fixed(row.perHour, 1)).join(' | ')} | ${causes.join(', ') || '—'} |`)
+  }
+  lines.push('', `**A latency step.** Every answer a 200; latency steps from 50 ms to 2 s after ${settings.healthyMs / 1000} s. \`slowCallMs: ${settings.slow.slowCallMs}\`, the rest at its defaults`)
+  lines.push('(`slowCallRatio: 0.5`, `minimumThroughput: 20`). Time from the step to the circuit opening (a slow answer is judged when it comes, 2 s after it was sent).', '')
+  lines.push('| calls/s | time to open (median) | slowest | attempts sent after the step (median) | opened by |')
+  lines.push('| ---: | ---: | ---: | ---: | --- |')
+  for (const row of phase.latencyStep) {
+    lines.push(`| ${int(row.rate)} | ${seconds(row.openedMs.median)} | ${seconds(row.openedMs.max)} | ${int(row.sent.median)} | ${row.causes.join(', ')} |`)
+  }
+  lines.push('', `Simulated in ${fixed(phase.seconds, 1)} s.`, '')
+  return lines
+}
+
 /** One row of the targets table: [what, target, measured, A/A noise, met]. */
 function targetRows (results) {
   const rows = []
@@ -244,6 +280,20 @@ function targetRows (results) {
       add(`7. cost of the OpenTelemetry counter (${how})`, '≤ 3 %', cost, percent(cost), Number.isFinite(noise) ? `A/A ${percent(1 - noise)}` : '', cost <= 0.03)
     }
   }
+  const b = results.breaker
+  if (b?.outage !== undefined) {
+    const window = b.settings.windowMs
+    const ratio = b.outage.filter((row) => row.rule === 'ratio')
+    const within = ratio.reduce((total, row) => total + row.withinWindow, 0)
+    const runs = ratio.reduce((total, row) => total + row.runs, 0)
+    const slowest = Math.max(...ratio.map((row) => row.openedMs.max ?? Infinity))
+    add(`8. ratio rule at 30 % failures: opens within its first full window (${window / 1000} s)`, 'every run', within, `${within} of ${runs} runs at 10, 100 and 1,000 calls/s; slowest ${seconds(Number.isFinite(slowest) ? slowest : null)}`, '', within === runs)
+    const alone = b.falseOpenings.filter((row) => row.rule === 'ratio alone')
+    const falseOpens = alone.reduce((total, row) => total + row.opens, 0)
+    add('8. ratio rule at 5 % failures: false openings', '0', falseOpens, `${falseOpens} in ${b.settings.hours} h at each of 10, 100 and 1,000 calls/s`, '', falseOpens === 0)
+    const step = Math.max(...b.latencyStep.map((row) => row.openedMs.max ?? Infinity))
+    add(`8. slow-call rule: opens within one window (${window / 1000} s) of a 50 ms → 2 s step`, `≤ ${window / 1000} s`, Number.isFinite(step) ? step : NaN, `slowest ${seconds(step)}`, '', step <= window)
+  }
   return rows
 }
 
@@ -254,7 +304,8 @@ const SECTIONS = {
   memory: memorySection,
   hedging: hedgingSection,
   overload: overloadSection,
-  otel: otelSection
+  otel: otelSection,
+  breaker: breakerSection
 }
 
 function report (results, plan, about) {

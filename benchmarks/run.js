@@ -3,7 +3,7 @@
 // npm run bench                  the full run (about 6 minutes, each phase bounded)
 // BENCH_QUICK=1 npm run bench    a smoke run of about 2 minutes, not for comparison
 // BENCH_ONLY=hedging,overload    only these phases (client, e2e, failFast, memory,
-//                                hedging, overload, otel); printed, not written
+//                                hedging, overload, otel, breaker); printed, not written
 // BENCH_PEERS=1                  also got, axios, undici fetch and RetryAgent,
 //                                cockatiel and opossum in the throughput phase
 // Prints one markdown report and writes it to benchmarks/results/latest-node<major>.md,
@@ -46,7 +46,9 @@ const PLAN = {
   memory: { firstCalls: 10_000, totalCalls: QUICK ? 50_000 : 200_000, capMs: 30_000 * scale, distinctTimeouts: 20_000, concurrency: 64 },
   hedging: { rounds: QUICK ? 1 : 3, warmupMs: 1_000, durationMs: 3_000 * scale, budgetMs: 55_000 * scale, concurrency: 64 },
   overload: { rounds: QUICK ? 1 : 3, warmupMs: 1_500, durationMs: 3_000 * scale, budgetMs: 40_000 * scale, concurrency: 200, pauseAfterErrorMs: 20 },
-  otel: { generations: QUICK ? 1 : 3, cycles: QUICK ? 6 : 10, sliceMs: 400, warmupMs: 2_000, concurrency: 64 }
+  otel: { generations: QUICK ? 1 : 3, cycles: QUICK ? 6 : 10, sliceMs: 400, warmupMs: 2_000, concurrency: 64 },
+  // A simulated clock: runs of each rule and rate (seeds), and hours of traffic at 5 % failures.
+  breaker: { seeds: QUICK ? 5 : 25, hours: QUICK ? 1 : 10 }
 }
 
 async function deadOrigin () {
@@ -182,7 +184,13 @@ const PHASES = {
   memory: (upstream) => memoryRuns(upstream.origin),
   hedging: (upstream) => loadPhase('hedging', HEDGING, PLAN.hedging, upstream, { cdf: true }),
   overload: (upstream) => loadPhase('overload', OVERLOAD, PLAN.overload, upstream, { pauseAfterErrorMs: PLAN.overload.pauseAfterErrorMs, maxErrors: 1e12 }),
-  otel: (upstream) => slicedPhase('otel', OTEL, PLAN.otel, upstream)
+  otel: (upstream) => slicedPhase('otel', OTEL, PLAN.otel, upstream),
+  breaker: async () => {
+    const { seeds, hours } = PLAN.breaker
+    const result = await runChild('breaker-sim.js', [String(seeds), String(hours)], { cpu: CLIENT_CPU, timeoutMs: 600_000 })
+    log(`breaker: ${seeds} runs per rule and rate, ${hours} simulated hour(s) at 5 % failures, in ${result.seconds.toFixed(1)} s`)
+    return result
+  }
 }
 
 function machine (startedAt, seconds, loadBefore) {
