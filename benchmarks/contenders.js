@@ -120,6 +120,11 @@ const contenders = {
     return oursOn(origin, settings, '/')
   },
 
+  // The breaker's ratio and slow-call rules on: a window bucket per verdict, the clock read at headers.
+  async 'ours + ratio rules' (origin, settings) {
+    return oursOn(origin, settings, '/', { circuitBreaker: { failureRatio: 0.2, slowCallMs: 2_000 } })
+  },
+
   async 'undici dispatch' (origin, settings) {
     const p = pool(origin, settings)
     const options = { method: 'GET', path: '/' }

@@ -26,7 +26,7 @@ const PEERS = process.env.BENCH_PEERS === '1'
 const AVAILABLE_CPUS = os.availableParallelism()
 const CONNECTIONS = 128
 
-const CLIENT = ['ours', 'ours A/A', 'undici', 'undici dispatch']
+const CLIENT = ['ours', 'ours A/A', 'ours + ratio rules', 'undici', 'undici dispatch']
 const CLIENT_PEERS = ['ours + request id', 'undici RetryAgent', 'undici fetch', 'got', 'axios', 'cockatiel', 'opossum']
 const FAIL_FAST = ['ours', 'ours A/A', 'cockatiel', 'opossum', 'Promise.reject (reference)']
 const HEDGING = ['tail, no hedging', 'tail, no hedging A/A', 'tail, hedge auto']
