@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { test } from 'tap'
 import {
-  DEFAULT_BREAKER, DEFAULT_CONNECTIONS, DEFAULT_HEDGE, DEFAULT_MAX_IN_FLIGHT, DEFAULT_OUTLIER, DEFAULT_RETRY, DEFAULT_TIMEOUT,
+  DEFAULT_BREAKER, DEFAULT_CONNECTIONS, DEFAULT_HEDGE, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_OUTLIER, DEFAULT_RETRY, DEFAULT_TIMEOUT,
   DEFAULT_TOTAL_TIMEOUT, resolveClientOptions, resolvePluginOptions
 } from '../lib/options/resolve'
 
@@ -198,7 +198,8 @@ test('the README documents the defaults the code has', async (t) => {
   t.equal(resolved.outlierDetection, false, 'one baseUrl: no outlier detection')
   t.match(client.get('outlierDetection'), /with replicas/, 'outlier detection is on with replicas')
   t.same([...client.keys()], ['baseUrl', 'timeout', 'totalTimeout', 'defaultHeaders', 'propagateRequestId', 'retry',
-    'circuitBreaker', 'pool', 'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection'])
+    'circuitBreaker', 'pool', 'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection', 'idleTimeout'])
+  t.equal(parseDefault(client.get('idleTimeout') ?? ''), DEFAULT_IDLE_TIMEOUT)
 
   const retry = tableDefaults(markdown, '### `retry`')
   const { lowestRetryStatus, ...retryDefaults } = DEFAULT_RETRY
