@@ -62,7 +62,7 @@ test('errors carry their fields', () => {
   expect<CircuitEvent['cause']>().type.toBe<CircuitCause>()
   expect<CircuitOpenedBy>().type.not.toBeAssignableFrom('probe' as const)
   expect<CircuitOpenedBy>().type.not.toBeAssignableFrom('slow' as const)
-  if (error instanceof TimeoutError) expect(error.kind).type.toBe<'attempt' | 'total' | 'deadline'>()
+  if (error instanceof TimeoutError) expect(error.kind).type.toBe<'attempt' | 'total' | 'deadline' | 'idle'>()
   if (error instanceof InvalidOptionsError) expect(error.option).type.toBe<string>()
   if (error instanceof HttpStatusError) {
     expect(error.statusCode).type.toBe<number>()
@@ -78,7 +78,7 @@ test('errors carry their fields', () => {
     expect(error.code).type.toBe<string>()
     expect(error.statusCode).type.toBe<number>()
   }
-  expect<TimeoutKind>().type.toBe<'attempt' | 'total' | 'deadline'>()
+  expect<TimeoutKind>().type.toBe<'attempt' | 'total' | 'deadline' | 'idle'>()
   expect(OverloadedError).type.toBeConstructableWith({ clientName: 'a' }, 10)
   expect(OverloadedError).type.not.toBeConstructableWith({ clientName: 'a' }, '10')
   expect(HttpStatusError).type.not.toBeConstructableWith({ clientName: 'a' }, 401, 'body')
