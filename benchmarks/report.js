@@ -209,6 +209,33 @@ function breakerSection (phase, plan) {
   return lines
 }
 
+function streamingSection (phase, plan) {
+  const lines = ['## 9. Streaming: NDJSON and Server-Sent Events', '']
+  lines.push(`Streams of 16 MB from an upstream in its own process, read back to back for ${plan.durationMs / 1000} s per contender and round, each contender in a fresh process;`)
+  lines.push('every NDJSON record is parsed and every event counted. "ours": `client.stream()` with `ndjson()` or `events()` in a `for await` loop;')
+  lines.push('undici: `request()` with its body piped through `split2(JSON.parse)` (iterated), or fed through a `TextDecoder` to `eventsource-parser` (a callback per event).')
+  lines.push(`${phase.rounds.length} round(s); medians, ratios within a round.`, '')
+  lines.push('| contender | items/s | vs its undici baseline (same round) |')
+  lines.push('| --- | ---: | ---: |')
+  const baseline = { 'ours ndjson': 'undici request + split2', 'ours events': 'undici request + eventsource-parser' }
+  for (const name of Object.keys(Object.assign({}, ...phase.rounds))) {
+    const base = baseline[name]
+    lines.push(`| ${name} | ${int(medianOf(phase, name, 'perSecond'))} | ${base === undefined ? '' : `${fixed(ratioOf(phase, name, base, 'perSecond'))}×`} |`)
+  }
+  const s = phase.slowConsumer
+  if (s !== undefined) {
+    lines.push('', `**A slow consumer.** One stream of ${s.mb} MB of 1 KiB lines, read by \`lines()\` at a tenth of the rate undici reads it raw`)
+    lines.push(`(${fixed(s.rawMBps, 1)} MB/s raw; read at ${fixed(s.readMBps, 1)} MB/s in ${fixed(s.seconds, 1)} s). The process's memory:`, '')
+    lines.push('| | rss MB | arrayBuffers MB | heapUsed MB |')
+    lines.push('| --- | ---: | ---: | ---: |')
+    for (const [label, at] of [['at the commit', s.start], ['peak rss', s.peak], ['at the end', s.end]]) {
+      lines.push(`| ${label} | ${fixed(at.rssMB, 1)} | ${fixed(at.arrayBuffersMB, 1)} | ${fixed(at.heapUsedMB, 1)} |`)
+    }
+  }
+  lines.push(...failedLine(phase), '')
+  return lines
+}
+
 /** One row of the targets table: [what, target, measured, A/A noise, met]. */
 function targetRows (results) {
   const rows = []
@@ -286,6 +313,18 @@ function targetRows (results) {
       add(`7. cost of the OpenTelemetry counter (${how})`, '≤ 3 %', cost, percent(cost), Number.isFinite(noise) ? `A/A ${percent(1 - noise)}` : '', cost <= 0.03)
     }
   }
+  const st = results.streaming
+  if (st?.rounds !== undefined) {
+    const ndjson = ratioOf(st, 'ours ndjson', 'undici request + split2', 'perSecond')
+    const events = ratioOf(st, 'ours events', 'undici request + eventsource-parser', 'perSecond')
+    add('9. ndjson() vs undici request() + split2 (records/s)', '≥ 1.2×', ndjson, `${fixed(ndjson)}×`, '', ndjson >= 1.2)
+    add('9. events() vs undici request() + eventsource-parser (events/s)', '≥ 1.0×', events, `${fixed(events)}×`, '', events >= 1.0)
+    const s = st.slowConsumer
+    if (s !== undefined) {
+      const growth = s.end.rssMB - s.start.rssMB
+      add(`9. slow consumer over ${s.mb} MB: rss growth, commit to end`, '< 32 MB', growth, `${fixed(growth, 1)} MB (arrayBuffers ${fixed(s.start.arrayBuffersMB, 1)} → ${fixed(s.end.arrayBuffersMB, 1)} MB)`, '', growth < 32)
+    }
+  }
   const b = results.breaker
   if (b?.outage !== undefined) {
     const window = b.settings.windowMs
@@ -311,7 +350,8 @@ const SECTIONS = {
   hedging: hedgingSection,
   overload: overloadSection,
   otel: otelSection,
-  breaker: breakerSection
+  breaker: breakerSection,
+  streaming: streamingSection
 }
 
 function report (results, plan, about) {

@@ -3,7 +3,7 @@
 // npm run bench                  the full run (about 6 minutes, each phase bounded)
 // BENCH_QUICK=1 npm run bench    a smoke run of about 2 minutes, not for comparison
 // BENCH_ONLY=hedging,overload    only these phases (client, e2e, failFast, memory,
-//                                hedging, overload, otel, breaker); printed, not written
+//                                hedging, overload, otel, breaker, streaming); printed, not written
 // BENCH_PEERS=1                  also got, axios, undici fetch and RetryAgent,
 //                                cockatiel and opossum in the throughput phase
 // Prints one markdown report and writes it to benchmarks/results/latest-node<major>.md,
@@ -32,6 +32,7 @@ const FAIL_FAST = ['ours', 'ours A/A', 'cockatiel', 'opossum', 'Promise.reject (
 const HEDGING = ['tail, no hedging', 'tail, no hedging A/A', 'tail, hedge auto']
 const OVERLOAD = ['overload, unprotected', 'overload, adaptive']
 const OTEL = ['otel counter off', 'otel counter off A/A', 'otel counter on']
+const STREAMING = ['ours ndjson', 'undici request + split2', 'ours events', 'undici request + eventsource-parser']
 
 // Each phase has a time budget; a phase that runs out of it does fewer rounds
 // and the report says how many it did.
@@ -48,7 +49,9 @@ const PLAN = {
   overload: { rounds: QUICK ? 1 : 3, warmupMs: 1_500, durationMs: 3_000 * scale, budgetMs: 40_000 * scale, concurrency: 200, pauseAfterErrorMs: 20 },
   otel: { generations: QUICK ? 1 : 3, cycles: QUICK ? 6 : 10, sliceMs: 400, warmupMs: 2_000, concurrency: 64 },
   // A simulated clock: runs of each rule and rate (seeds), and hours of traffic at 5 % failures.
-  breaker: { seeds: QUICK ? 5 : 25, hours: QUICK ? 1 : 10 }
+  breaker: { seeds: QUICK ? 5 : 25, hours: QUICK ? 1 : 10 },
+  // Streams of 16 MB read back to back for durationMs per contender and round; then one slow consumer over `mb` MB.
+  streaming: { rounds: QUICK ? 1 : 5, durationMs: QUICK ? 500 : 3_000, budgetMs: 90_000 * scale, mb: QUICK ? 20 : 200 }
 }
 
 async function deadOrigin () {
@@ -185,6 +188,22 @@ const PHASES = {
   hedging: (upstream) => loadPhase('hedging', HEDGING, PLAN.hedging, upstream, { cdf: true }),
   overload: (upstream) => loadPhase('overload', OVERLOAD, PLAN.overload, upstream, { pauseAfterErrorMs: PLAN.overload.pauseAfterErrorMs, maxErrors: 1e12 }),
   otel: (upstream) => slicedPhase('otel', OTEL, PLAN.otel, upstream),
+  streaming: async () => {
+    const plan = PLAN.streaming
+    const { child, message } = await startChild('streaming-upstream.js', [], { cpu: SERVER_CPU })
+    const origin = `http://127.0.0.1:${message.port}`
+    try {
+      const phase = await runRounds('streaming', STREAMING, plan,
+        (name) => runChild('streaming.js', [name, origin, String(plan.durationMs)], { cpu: CLIENT_CPU, timeoutMs: plan.durationMs + 60_000 }),
+        (r) => `${Math.round(r.perSecond)} items/s`)
+      phase.slowConsumer = await runChild('streaming.js', ['slow consumer', origin, '0', String(plan.mb)], { cpu: CLIENT_CPU, execArgv: ['--expose-gc'], timeoutMs: 600_000 })
+      const s = phase.slowConsumer
+      log(`streaming: slow consumer read ${s.mb} MB at ${s.readMBps.toFixed(1)} MB/s (raw ${s.rawMBps.toFixed(1)} MB/s); rss ${s.start.rssMB.toFixed(1)} → ${s.end.rssMB.toFixed(1)} MB`)
+      return phase
+    } finally {
+      await stopChild(child)
+    }
+  },
   breaker: async () => {
     const { seeds, hours } = PLAN.breaker
     const result = await runChild('breaker-sim.js', [String(seeds), String(hours)], { cpu: CLIENT_CPU, timeoutMs: 600_000 })
