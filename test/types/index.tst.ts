@@ -7,7 +7,8 @@ import resilientHttp, {
   CircuitOpenError, HttpClientError, TimeoutError, InvalidOptionsError, HttpStatusError, OverloadedError,
   type HttpClient, type HttpResponse, type ClientStats, type PluginOptions, type ClientOptions, type CallOptions,
   type TimeoutKind, currentDeadline, resendCountSpanHook, type ReplicaStats, type HedgeEvent,
-  type CircuitCause, type CircuitEvent, type CircuitOpenedBy
+  type CircuitCause, type CircuitEvent, type CircuitOpenedBy,
+  HttpStream, InvalidResponseError, type ServerSentEvent, type StreamOptions, type StreamResumedEvent
 } from 'fastify-resilient-http'
 
 declare module 'fastify-resilient-http' {
@@ -201,4 +202,33 @@ test('auth and followRedirects options', () => {
   expect<ClientOptions>().type.not.toBeAssignableFrom({ auth: { username: 'ana' } })
   expect<ClientOptions>().type.not.toBeAssignableFrom({ auth: { token: () => 42 } })
   expect<ClientOptions>().type.not.toBeAssignableFrom({ followRedirects: true })
+})
+
+test('streams: client.stream() resolves to an HttpStream; ndjson<T>() is generic, events() yields ServerSentEvent', async () => {
+  const client = createHttpClient({ name: 'feed', baseUrl: 'http://a:1', idleTimeout: 20_000 })
+  const stream = await client.stream('/x', { method: 'POST', json: { q: 1 }, idleTimeout: 5_000, maxDuration: 60_000, resume: { maxReconnects: 3 } })
+  expect(stream).type.toBe<HttpStream>()
+  expect(stream.statusCode).type.toBe<number>()
+  expect(stream.attempts).type.toBe<number>()
+  expect(stream.body).type.toBe<Readable>()
+  expect(stream.lines()).type.toBe<AsyncIterableIterator<string>>()
+  expect(stream.ndjson<{ id: string }>()).type.toBe<AsyncIterableIterator<{ id: string }>>()
+  expect(stream.events()).type.toBe<AsyncIterableIterator<ServerSentEvent>>()
+  expect<ServerSentEvent>().type.toBe<{ event: string, data: string, id: string | undefined, retry: number | undefined }>()
+  expect(stream.close()).type.toBe<void>()
+  expect(client.stream).type.toBeCallableWith('/x')
+  expect(client.stream).type.toBeCallableWith('/x', { resume: true, signal: AbortSignal.timeout(1) })
+  expect(client.stream).type.not.toBeCallableWith('/x', { idleTimeout: '20s' })
+  expect(client.stream).type.not.toBeCallableWith('/x', { resume: { maxReconnects: 'many' } })
+  expect(client.stream).type.not.toBeCallableWith('/x', { resume: 5 })
+  expect(client.get).type.not.toBeCallableWith('/x', { idleTimeout: 5_000 })
+  expect<StreamOptions>().type.toBeAssignableFrom({ maxDuration: 1 })
+  expect<ClientOptions>().type.not.toBeAssignableFrom({ idleTimeout: 'long' })
+  expect(client.stats().streams).type.toBe<number>()
+  expect<StreamResumedEvent['lastEventId']>().type.toBe<string>()
+  // Only client.stream() makes one.
+  expect(HttpStream).type.not.toBeConstructableWith()
+  const error = new InvalidResponseError({ clientName: 'feed' }, 3, 'bad')
+  expect(error.line).type.toBe<number>()
+  expect(error.delivered).type.toBe<number | undefined>()
 })
