@@ -7,26 +7,15 @@ import { AsyncResource } from 'node:async_hooks'
  */
 export const rootScope = new AsyncResource('fastify-resilient-http')
 
-/** The slice of `@opentelemetry/api`'s `context` the core uses. */
-export interface OtelContextApi {
-  active(): unknown
-  with(context: never, fn: () => void): unknown
-}
-
-let otel: OtelContextApi | null = null
-
-/** Set by the telemetry module when `@opentelemetry/api` is installed. */
-export function setOtelContextApi (api: OtelContextApi | null): void {
-  otel = api
-}
-
-/** The OpenTelemetry context of the caller, to re-enter for attempts sent later (retries, hedges, queued). */
-export function captureOtelContext (): unknown {
-  return otel === null ? undefined : otel.active()
-}
-
-/** Runs `fn` with the captured OpenTelemetry context active, so spans of later attempts have the caller's parent. */
-export function runInOtelContext (context: unknown, fn: () => void): void {
-  if (otel === null || context === undefined) fn()
-  else otel.with(context as never, fn)
+/**
+ * The async context of the code that makes a call, captured once, as the call
+ * goes out: what the client later does for that call (a retry, a hedge, a
+ * queued attempt, a timeout, a log line or diagnostics message about it, an
+ * event of its body) re-enters it with `runInAsyncScope`. Every
+ * `AsyncLocalStorage` store comes along (request context, OpenTelemetry, the
+ * app's own): on Node.js 24 the resource holds the caller's context frame, on
+ * earlier versions each store is copied onto it as it is made.
+ */
+export function callerScope (): AsyncResource {
+  return new AsyncResource('fastify-resilient-http:call')
 }

@@ -78,20 +78,6 @@ test('fastify.httpClients reads as undefined for names generic code probes for',
   t.equal(await Promise.resolve(app.httpClients), app.httpClients, 'awaiting it is harmless')
 })
 
-test('without an OpenTelemetry context API, retries and queued attempts still go out', async (t) => {
-  const { setOtelContextApi } = await import('../lib/async-context')
-  const { context } = await import('@opentelemetry/api')
-  setOtelContextApi(null)
-  t.teardown(() => setOtelContextApi(context))
-  let calls = 0
-  const upstream = await upstreamFor(t, (_req, res) => { sendJson(res, calls++ === 0 ? 503 : 200, {}) })
-  const client = clientFor(t, upstream.url, { retry: { backoffInitialMs: 1 }, pool: { connections: 1 } })
-  const [first, second] = await Promise.all([client.get('/a'), client.get('/b')])
-  t.equal(first.statusCode, 200)
-  t.equal(second.statusCode, 200)
-  t.equal(first.attempts + second.attempts, 3, 'one of them was retried')
-})
-
 test('while the circuit is open a call without options is refused like any other', async (t) => {
   const client = clientFor(t, 'http://127.0.0.1:9', { circuitBreaker: { failureThreshold: 1, recoveryMs: 60_000 } })
   await rejection(client.get('/open-it'))

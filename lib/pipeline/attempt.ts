@@ -1,7 +1,7 @@
+import type { AsyncResource } from 'node:async_hooks'
 import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
-import { runInOtelContext } from '../async-context'
 import type { PermitValue } from '../policies/circuit-breaker'
 import { type CallDetails, HttpClientError, ResponseTooLargeError, type TimeoutKind, TimeoutError, UpstreamError } from '../errors'
 import { dispatching } from '../telemetry/events'
@@ -57,7 +57,8 @@ export interface AttemptOwner extends CallDetails {
   readonly clientName: string
   readonly method: string
   readonly path: string
-  readonly otelContext: unknown
+  /** The async context of the code that made the call: what the attempt does for it runs there. */
+  readonly scope: AsyncResource
   /** A stream's sink: its body is bounded per line, not as a whole. */
   readonly sink: BodySink | null
   /** Response headers came: `true` when the call takes this response as it streams (a winning answer). */
@@ -72,14 +73,6 @@ type Settlers = [(value: Buffer) => void, (error: unknown) => void]
 let settlersBeingMade: Settlers | null = null
 function captureSettlers (resolve: (value: Buffer) => void, reject: (error: unknown) => void): void {
   settlersBeingMade = [resolve, reject]
-}
-
-// Re-entering a caller's OpenTelemetry context needs a function: one, shared, fed through this variable.
-let attemptBeingSent: Attempt | null = null
-function sendAttemptBeingSent (): void {
-  const attempt = attemptBeingSent as Attempt
-  attemptBeingSent = null
-  attempt.send()
 }
 
 /**
@@ -149,14 +142,10 @@ export class Attempt implements Sendable, TimedEntry {
   dispatch (deferred: boolean): void {
     this.phase = Phase.Sent
     this.#dispatched = true
-    // A first try goes out in its caller's context; a retry, a hedge or a queued attempt
-    // re-enters it, so a tracer parents its span to the caller's.
-    if (!deferred && this.number === 1) {
-      this.send()
-      return
-    }
-    attemptBeingSent = this
-    runInOtelContext(this.owner.otelContext, sendAttemptBeingSent)
+    // A first try, a retry and a hedge are sent from their call's context; a queued
+    // attempt goes out when another call frees a connection, and re-enters its own.
+    if (deferred) this.owner.scope.runInAsyncScope(this.send, this)
+    else this.send()
   }
 
   /** @internal Hands the attempt to undici. */
@@ -188,6 +177,12 @@ export class Attempt implements Sendable, TimedEntry {
     this.#controller = controller
     this.statusCode = statusCode
     this.headers = headers
+    // Socket callbacks run in no call's context: what the call decides now (and logs, and publishes) runs in its own.
+    this.owner.scope.runInAsyncScope(this.#headers, this)
+  }
+
+  #headers (): void {
+    const headers = this.headers as IncomingHttpHeaders
     const limit = this.host.maxResponseBytes
     if (limit !== undefined && this.owner.method !== 'HEAD' && this.owner.sink === null && Number(headers['content-length']) > limit) {
       this.cancel(Cut.TooLarge, new ResponseTooLargeError(this.owner, limit))
@@ -209,7 +204,8 @@ export class Attempt implements Sendable, TimedEntry {
       return
     }
     if (this.#stream !== null) {
-      if (!this.#stream.push(chunk)) controller.pause()
+      // The reader's 'data' listeners run as the chunk is pushed: in the call's context.
+      if (!(this.owner.scope.runInAsyncScope(this.#stream.push, this.#stream, chunk) as boolean)) controller.pause()
       return
     }
     if (this.#first === null) this.#first = chunk
@@ -223,6 +219,13 @@ export class Attempt implements Sendable, TimedEntry {
 
   onResponseEnd (): void {
     if (this.phase === Phase.Done) return
+    // A body read whole (json(), text()) settles a promise, which its awaiter resumes in its own
+    // context; an answer judged now, or a stream that ends, runs in the call's.
+    if (this.phase === Phase.Streaming && this.#stream === null) this.#end()
+    else this.owner.scope.runInAsyncScope(this.#end, this)
+  }
+
+  #end (): void {
     const streaming = this.phase === Phase.Streaming
     handlerFrames.depth++
     try {
@@ -243,6 +246,10 @@ export class Attempt implements Sendable, TimedEntry {
 
   onResponseError (_controller: DispatchController | null, error: Error): void {
     if (this.phase === Phase.Done) return
+    this.owner.scope.runInAsyncScope(this.#endWith, this, error)
+  }
+
+  #endWith (error: Error): void {
     const streaming = this.phase === Phase.Streaming
     if (this.cut === Cut.None) this.error = error
     handlerFrames.depth++
@@ -262,6 +269,11 @@ export class Attempt implements Sendable, TimedEntry {
   // --- deadline ---
 
   onTimer (): void {
+    // The client's one timer runs in no call's context: the timeout, and what the call does about it, run in this one's.
+    this.owner.scope.runInAsyncScope(this.#timeout, this)
+  }
+
+  #timeout (): void {
     const owner = this.owner
     this.cancel(Cut.Timeout, new TimeoutError({ clientName: owner.clientName, method: owner.method, path: owner.path, attempts: this.number }, this.timeoutKind, this.timeoutMs))
   }

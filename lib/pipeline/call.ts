@@ -1,4 +1,5 @@
-import { captureOtelContext } from '../async-context'
+import type { AsyncResource } from 'node:async_hooks'
+import { callerScope } from '../async-context'
 import { Attempt, type AttemptHost, type AttemptOwner, type BodySink, Cut, type CutValue } from './attempt'
 import { type CircuitBreaker, Permit, type PermitValue, Verdict, type VerdictValue } from '../policies/circuit-breaker'
 import type { Clock, RandomSource } from '../clock'
@@ -88,7 +89,8 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
   readonly clientName: string
   readonly method: string
   readonly path: string
-  readonly otelContext: unknown
+  /** The caller's async context, captured as the call goes out (a call refused at once needs none). */
+  scope!: AsyncResource
   /**
    * Set by `client.stream()` before `start()`: the 2xx attempt commits to
    * it, keeps its place in the concurrency limit, and is judged when its
@@ -131,7 +133,6 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     this.clientName = host.name
     this.method = request.method
     this.path = request.path
-    this.otelContext = captureOtelContext()
     this.#startedAt = now
     this.#totalEndsAt = now + request.totalTimeout
     const deadlineAt = request.deadlineAt
@@ -181,6 +182,8 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
         return promise
       }
     }
+    // From here on the call goes on from callbacks that are not its caller's.
+    this.scope = callerScope()
     if (signal !== undefined) this.#watchSignal(signal)
     if (host.rateLimit !== null && !host.rateLimit.tryTake(now)) {
       this.#awaitToken(permit, now)
@@ -476,6 +479,11 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
 
   /** Sends the hedge, unless the call was answered (or ended) in the meantime. */
   sendHedge (): void {
+    // Due hedges of all calls go out from one callback: each in its own call's context.
+    this.scope.runInAsyncScope(this.#sendHedge, this)
+  }
+
+  #sendHedge (): void {
     const host = this.host
     if (this.#state !== State.Running || this.#running === null || host.draining || host.closed) return
     const now = host.clock.now()
@@ -583,7 +591,12 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     this.#noToken(retryAfterMs, now)
   }
 
+  /** The call's turn came: sent in its own context, whichever call or timer handed out the token. */
   onToken (now: number): void {
+    this.scope.runInAsyncScope(this.#onToken, this, now)
+  }
+
+  #onToken (now: number): void {
     const host = this.host
     host.waiting.delete(this)
     this.#state = State.Running
@@ -593,6 +606,10 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
   }
 
   onNoToken (retryAfterMs: number): void {
+    this.scope.runInAsyncScope(this.#onNoToken, this, retryAfterMs)
+  }
+
+  #onNoToken (retryAfterMs: number): void {
     this.host.waiting.delete(this)
     this.#state = State.Running
     this.#noToken(retryAfterMs, this.host.clock.now())

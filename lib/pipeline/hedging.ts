@@ -94,7 +94,7 @@ function sendDue (): void {
  * unread, and a hedge sent from the timer would be wasted (an extra request,
  * and a socket closed to cancel it). One `setImmediate` serves every hedge
  * due in the same turn; it is scheduled from the timer heap's expiry, which
- * runs in no request's async context.
+ * runs in no request's async context (each call re-enters its own).
  */
 export function hedgeAfterPoll (call: HedgeDue): void {
   due.push(call)

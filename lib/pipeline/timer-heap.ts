@@ -19,7 +19,8 @@ export interface TimedEntry {
  * The timer is re-armed only when an entry earlier than it arrives; an
  * entry removed before its time leaves the timer as it is, and the wake-up
  * then finds nothing due and sleeps until the new head. It is armed from
- * the root async scope, so expiries run in no request's context.
+ * the root async scope, so expiries run in no request's context; each
+ * entry re-enters its own call's.
  */
 export class TimerHeap {
   readonly #clock: Clock

@@ -1,6 +1,5 @@
 import diagnosticsChannel from 'node:diagnostics_channel'
 import type * as OtelApi from '@opentelemetry/api'
-import { setOtelContextApi } from '../async-context'
 import { dispatching } from './events'
 
 type Api = typeof OtelApi
@@ -142,9 +141,11 @@ function subscribe (counter: EventCounter): void {
 
 /**
  * Connects the package to OpenTelemetry when `@opentelemetry/api` is
- * installed: the core keeps each call's trace context across its attempts,
- * and every resilience event is counted on `http.client.resilience.events`.
- * Idempotent; without the API it loads nothing and does nothing.
+ * installed: every resilience event is counted on
+ * `http.client.resilience.events`. (Each call's trace context needs nothing
+ * here: the context manager keeps it in an async context, and the core runs
+ * all of a call's attempts in its caller's.) Idempotent; without the API it
+ * loads nothing and does nothing.
  */
 export function installTelemetry (): void {
   if (installed) return
@@ -152,7 +153,6 @@ export function installTelemetry (): void {
   const api = otelApi()
   /* c8 ignore next: without the API (the child process of test/telemetry.test.ts) */
   if (api === null) return
-  setOtelContextApi(api.context)
   subscribe(new EventCounter(api))
 }
 

@@ -116,7 +116,7 @@ export class Upstream {
   #scheduleQueued (): void {
     if (this.#queuedScheduled) return
     this.#queuedScheduled = true
-    // Scheduled from whichever call ended: the queue moves on in no request's context.
+    // Scheduled from whichever call ended: the queue moves on in no request's context, and each attempt re-enters its own caller's.
     rootScope.runInAsyncScope(queueMicrotask, null, this.#sendQueued)
   }
 
