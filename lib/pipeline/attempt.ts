@@ -24,8 +24,8 @@ export interface DispatchController {
 export const Phase = { Queued: 0, Sent: 1, Streaming: 2, Buffering: 3, Done: 4 } as const
 type PhaseValue = typeof Phase[keyof typeof Phase]
 
-/** Why we cut an attempt short; `None` when undici ended it. */
-export const Cut = { None: 0, Timeout: 1, Caller: 2, Closed: 3, Loser: 4, TooLarge: 5 } as const
+/** Why we cut an attempt short; `None` when undici ended it. `Abandoned`: its body's reader destroyed the stream. */
+export const Cut = { None: 0, Timeout: 1, Caller: 2, Closed: 3, Loser: 4, TooLarge: 5, Abandoned: 6 } as const
 export type CutValue = typeof Cut[keyof typeof Cut]
 
 /** A response body nobody reads yet is paused past this many bytes, as a stream would be. */
@@ -292,7 +292,7 @@ export class Attempt implements Sendable, TimedEntry {
       this.#dispatched = false
     } else if (this.#controller !== null) {
       // undici reports the abort through onResponseError, in undici 7 at once.
-      if (cut === Cut.Loser) abortUnseen(this.#controller, asError(reason))
+      if (cut === Cut.Loser || cut === Cut.Abandoned) abortUnseen(this.#controller, asError(reason))
       else this.#controller.abort(asError(reason))
       if ((this.phase as PhaseValue) === Phase.Done) return
     }
@@ -342,7 +342,7 @@ export class Attempt implements Sendable, TimedEntry {
   /** The body as a `Readable`, made on first use, with backpressure through the controller. */
   stream (): Readable {
     if (this.#stream !== null) return this.#stream
-    const stream = new Readable({ read: () => this.#resume() })
+    const stream = new Readable({ read: () => this.#resume(), destroy: (error, callback) => { this.#abandon(error, callback) } })
     this.#stream = stream
     this.#read = true
     if (this.#first !== null) stream.push(this.bytes())
@@ -369,6 +369,17 @@ export class Attempt implements Sendable, TimedEntry {
   /** Lets undici read the body again; never from inside `onResponseData`. */
   resumeBody (): void {
     this.#resume()
+  }
+
+  /**
+   * The stream is destroyed: by its reader (`destroy()`, a `break` out of
+   * `for await`, a pipeline that failed downstream) or by us as the attempt
+   * failed. A body still coming is not wanted any more: its attempt is cut,
+   * and its connection is free at once.
+   */
+  #abandon (error: Error | null, callback: (error: Error | null) => void): void {
+    if (this.phase !== Phase.Done) this.cancel(Cut.Abandoned, abandonedReason())
+    callback(error)
   }
 
   #resume (): void {
@@ -398,6 +409,15 @@ export class Attempt implements Sendable, TimedEntry {
 }
 
 const EMPTY = Buffer.alloc(0)
+
+/** Why an abandoned body's attempt is aborted: nobody reads it, so it has no stack. */
+function abandonedReason (): Error {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  const reason = new DOMException('the response body was destroyed before its end', 'AbortError')
+  Error.stackTraceLimit = limit
+  return reason
+}
 
 /** undici aborts with an Error; a caller's signal may carry any reason. */
 function asError (reason: unknown): Error {
