@@ -247,6 +247,23 @@ test('recoveryMaxMs: each failed probe doubles the open time, ± 25 % at random,
   t.equal(openTimes().at(-1), 1_500, 'and a failed probe doubles from recoveryMs again (2 s × 0.75)')
 })
 
+test('recoveryMaxMs: with a real random source every open time stays within a quarter of its doubling', async (t) => {
+  const upstream = await statusUpstream(t, () => 503)
+  const clock = new ManualClock()
+  const client = ratioClient(t, upstream.url, clock, { circuitBreaker: { failureThreshold: 1, recoveryMs: 1_000, recoveryMaxMs: 100_000 } }, Math.random)
+  const circuit = published<CircuitEvent>(t, CHANNELS.circuit)
+  const openTimes = (): number[] => circuit.filter((event) => event.to === 'open').map((event) => event.remainingMs)
+  await calls(client, clock, 1, 0)
+  for (let probe = 1; probe <= 8; probe++) {
+    clock.advance(openTimes().at(-1) as number)
+    await calls(client, clock, 1, 0)
+    const base = Math.min(100_000, 1_000 * 2 ** probe)
+    const ms = openTimes().at(-1) as number
+    t.ok(ms >= 0.75 * base && ms <= Math.min(100_000, 1.25 * base), `failed probe ${probe}: ${ms} ms, within 25 % of ${base} ms and the cap`)
+  }
+  t.equal(openTimes().length, 9)
+})
+
 test('without recoveryMaxMs a failed probe reopens for recoveryMs, with no draw', async (t) => {
   const upstream = await statusUpstream(t, () => 503)
   const clock = new ManualClock()
