@@ -63,6 +63,8 @@ test('errors carry their fields', () => {
   expect<CircuitEvent['cause']>().type.toBe<CircuitCause>()
   expect<CircuitOpenedBy>().type.not.toBeAssignableFrom('probe' as const)
   expect<CircuitOpenedBy>().type.not.toBeAssignableFrom('slow' as const)
+  expect(CircuitOpenError).type.toBeConstructableWith({ clientName: 'a' }, 10, 'failure-ratio')
+  expect(CircuitOpenError).type.not.toBeConstructableWith({ clientName: 'a' }, 10, 'slow')
   if (error instanceof TimeoutError) expect(error.kind).type.toBe<'attempt' | 'total' | 'deadline' | 'idle'>()
   if (error instanceof InvalidOptionsError) expect(error.option).type.toBe<string>()
   if (error instanceof HttpStatusError) {
