@@ -62,7 +62,8 @@ export type { Logger } from './lib/logger'
 // from Node's CommonJS named-export detection, so ESM `import { TimeoutError }` would fail.
 export {
   HttpClientError, CircuitOpenError, OverloadedError, TimeoutError, UpstreamError,
-  InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError, InvalidResponseError, RateLimitedError
+  InvalidRequestError, ResponseTooLargeError, ClientClosedError, InvalidOptionsError, InvalidResponseError, RateLimitedError,
+  AuthenticationError
 } from './lib/errors'
 export type { CallDetails, CircuitOpenedBy, TimeoutKind } from './lib/errors'
 export type * from './lib/types'

@@ -206,6 +206,13 @@ export class ClientClosedError extends HttpClientError {
   }
 }
 
+/** The `auth.token` function threw or rejected; its error is on `cause`, never in the message. */
+export class AuthenticationError extends HttpClientError {
+  constructor (details: CallDetails) {
+    super('FRH_AUTHENTICATION', `${describeCall(details)} failed: the auth token function threw or rejected`, details, 502)
+  }
+}
+
 /** Bad options at registration; `option` is the dotted path of the culprit. */
 export class InvalidOptionsError extends HttpClientError {
   declare readonly option: string

@@ -192,11 +192,14 @@ test('a body function that throws or returns what cannot be sent fails the call;
   t.type(thrown, InvalidRequestError)
   t.equal(thrown.cause, boom)
   t.match(thrown.message, /body function threw: no file/)
+  const thrownString = await rejection(client.post('/x', { body: () => { throw 'not an Error' } })) as InvalidRequestError
+  t.match(thrownString.message, /body function threw: not an Error/)
   const cases: Array<[unknown, RegExp]> = [
     [() => 42, /body\(\) must be .* got the number 42/],
     [() => ({ a: 1 }), /body\(\) must be .* got a plain object/],
     [async () => 'late', /body\(\) must not be a promise/],
-    [() => () => 'nested', /body\(\) must be .* got a function/]
+    [() => () => 'nested', /body\(\) must be .* got a function/],
+    [() => Object.create(Object.create(null)), /body\(\) must be .* got an object/]
   ]
   for (const [body, message] of cases) {
     const error = await rejection(client.post('/x', { body: body as () => string }))

@@ -134,6 +134,8 @@ declare namespace fastifyResilientHttp {
   export const InvalidOptionsError: typeof api.InvalidOptionsError
   export type RateLimitedError = api.RateLimitedError
   export const RateLimitedError: typeof api.RateLimitedError
+  export type AuthenticationError = api.AuthenticationError
+  export const AuthenticationError: typeof api.AuthenticationError
 
   /** The plugin, also the default export. */
   export const resilientHttp: ResilientHttpPlugin

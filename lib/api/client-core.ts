@@ -16,6 +16,7 @@ import { LocalBucket, RateLimiter } from '../policies/rate-limit'
 import { RedisTokens } from '../policies/rate-limit-redis'
 import { Counters } from './stats'
 import { TimerHeap } from '../pipeline/timer-heap'
+import { TokenSource } from '../pipeline/auth'
 import { sendablePath } from '../url'
 
 /** Injected for tests: the clock and the random source behind waits, budget and breaker. */
@@ -45,6 +46,9 @@ export class ClientCore implements CallHost {
   readonly limit: ConcurrencyLimit
   readonly rateLimit: RateLimiter | null
   readonly replicas: ReplicaSet
+  readonly basePath: string
+  /** The `auth.token` function's tokens; `null` without one. */
+  readonly tokens: TokenSource | null
   latency: LatencyTracker | null
   readonly events: ClientEvents
   readonly log: Logger
@@ -81,6 +85,8 @@ export class ClientCore implements CallHost {
     })
     this.rateLimit = this.#rateLimiter(settings)
     this.replicas = new ReplicaSet(createUpstreams(settings, optionPath), settings.outlierDetection, this.random, this.events, this.name)
+    this.basePath = settings.basePath
+    this.tokens = settings.auth !== false && settings.auth.kind === 'token' ? new TokenSource(settings.auth.token) : null
     this.latency = settings.hedge !== false && settings.hedge.delayMs === 'auto' ? new LatencyTracker() : null
   }
 

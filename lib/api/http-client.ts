@@ -1,11 +1,13 @@
 import { inspect } from 'node:util'
 import { Call } from '../pipeline/call'
 import { type ClientInternals, ClientCore } from './client-core'
-import { ClientClosedError, InvalidOptionsError, InvalidRequestError } from '../errors'
+import { AuthenticationError, ClientClosedError, InvalidOptionsError, InvalidRequestError } from '../errors'
 import { type Logger, silentLogger } from '../logger'
 import { type ResolvedClientOptions, resolveClientOptions } from '../options/resolve'
 import { currentInboundContext } from '../inbound/request-context'
-import { prepareRequest } from '../pipeline/prepare'
+import { type PreparedRequest, prepareRequest, withToken } from '../pipeline/prepare'
+import type { TokenSource } from '../pipeline/auth'
+import { hasHeader } from '../headers'
 import type { HttpResponse } from '../pipeline/response'
 import { type ClientStats, sumPoolStats } from './stats'
 import { installTelemetry } from '../telemetry/otel'
@@ -111,6 +113,7 @@ export class HttpClient {
       streams: counters.streams,
       rateLimited: counters.rateLimited,
       rateLimitWaits: counters.rateLimitWaits,
+      redirects: counters.redirects,
       concurrencyLimit: core.limit.adaptiveLimit,
       replicas: core.replicas.stats(now),
       pool: sumPoolStats(pools.map((upstream) => upstream.stats()))
@@ -131,18 +134,20 @@ export class HttpClient {
     this.#core.drain()
   }
 
-  /** What `JSON.stringify()` shows: the settings, with header values redacted. */
+  /** What `JSON.stringify()` shows: the settings, with header values and `auth` redacted. */
   toJSON (): Record<string, unknown> {
     const settings = this.#core.settings
     const headers: Record<string, string> = {}
     for (let i = 0; i < settings.defaultHeaders.length; i += 2) headers[settings.defaultHeaders[i]] = '[redacted]'
-    return {
+    const shown: Record<string, unknown> = {
       name: this.name,
       baseUrl: settings.origins.map((origin) => origin + settings.basePath),
       timeout: settings.timeout,
       totalTimeout: settings.totalTimeout,
       defaultHeaders: headers
     }
+    if (settings.auth !== false) shown.auth = '[redacted]'
+    return shown
   }
 
   [inspect.custom] (): string {
@@ -154,17 +159,31 @@ export class HttpClient {
     if (core.closed) return Promise.reject(new ClientClosedError({ clientName: this.name, method, path }))
     const inbound = currentInboundContext()
     const now = core.clock.now()
-    let call: Call
+    let request: PreparedRequest
     try {
       if (options === undefined && core.breaker !== null) {
         const refused = core.refuseWhileOpen(core.breaker, method, path, inbound, now)
         if (refused !== undefined) return refused
       }
-      call = new Call(core, prepareRequest(core.settings, method, path, options, inbound, isRequest), now)
+      request = prepareRequest(core.settings, method, path, options, inbound, isRequest)
     } catch (error) {
       return Promise.reject(error)
     }
-    return call.start()
+    if (core.tokens !== null && !hasHeader(request.options.headers, 'authorization')) return this.#sendWithToken(core.tokens, request, now)
+    return new Call(core, request, now).start()
+  }
+
+  /** A call under `auth.token`: sent at once while a token is known, else once the function has given one. */
+  #sendWithToken (tokens: TokenSource, request: PreparedRequest, now: number): Promise<HttpResponse> {
+    const core = this.#core
+    const token = tokens.current
+    if (token !== null) return new Call(core, withToken(request, tokens, token, false), now).start()
+    return tokens.token().then((token) => {
+      if (core.closed) throw new ClientClosedError({ clientName: this.name, method: request.method, path: request.path })
+      return new Call(core, withToken(request, tokens, token, false), core.clock.now()).start()
+    }, (error: unknown) => {
+      throw new AuthenticationError({ clientName: this.name, method: request.method, path: request.path, attempts: 0, cause: error })
+    })
   }
 }
 

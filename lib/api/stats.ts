@@ -17,6 +17,7 @@ export class Counters {
   streams = 0
   rateLimited = 0
   rateLimitWaits = 0
+  redirects = 0
 }
 
 /** What `client.stats()` returns. */
@@ -48,6 +49,8 @@ export interface ClientStats {
   rateLimited: number
   /** Calls that waited for their turn under the rate limit. */
   rateLimitWaits: number
+  /** Redirects followed. */
+  redirects: number
   /** The adaptive concurrency limit; `undefined` when `adaptiveConcurrency` is off. */
   concurrencyLimit: number | undefined
   /** One entry per replica. */

@@ -38,12 +38,6 @@ export function typeName (value: unknown): string {
   return typeof name === 'string' && name !== '' ? `a ${name}` : 'an object'
 }
 
-function isBlob (value: object): value is Blob {
-  if (value instanceof Blob) return true
-  const tag = (value as Record<symbol, unknown>)[Symbol.toStringTag]
-  return (tag === 'Blob' || tag === 'File') && typeof (value as Blob).stream === 'function'
-}
-
 /** A `FormData` from Node's global constructor, undici's, or any copy that keeps the standard's shape. */
 function isFormData (value: object): value is FormData {
   return (value as Record<symbol, unknown>)[Symbol.toStringTag] === 'FormData' &&
@@ -95,7 +89,7 @@ export function makeBody (given: unknown, option: string, fail: Fail, fresh: boo
   if (typeof given === 'object' && given !== null) {
     if (given instanceof ArrayBuffer) return { body: Buffer.from(given), contentType: undefined, contentLength: undefined, replayable: true }
     if (given instanceof URLSearchParams) return { body: given.toString(), contentType: FORM_CONTENT_TYPE, contentLength: undefined, replayable: true }
-    if (isBlob(given)) return { body: given as unknown as DispatchBody, contentType: given.type === '' ? undefined : given.type, contentLength: undefined, replayable: true }
+    if (given instanceof Blob) return { body: given as unknown as DispatchBody, contentType: given.type === '' ? undefined : given.type, contentLength: undefined, replayable: true }
     if (isFormData(given)) return fresh ? null : multipart(given)
     if (isStream(given)) return { body: given as DispatchBody, contentType: undefined, contentLength: undefined, replayable: false }
     if (typeof (given as { then?: unknown }).then === 'function') fail(option, 'must not be a promise: a body function returns the body itself')
@@ -127,11 +121,6 @@ export class FreshBody {
     this.#source = source
     this.#setContentType = setContentType
     this.#details = details
-  }
-
-  /** Whether the body is made by the caller's function (a `FormData` is not). */
-  get isFunction (): boolean {
-    return typeof this.#source === 'function'
   }
 
   /** One attempt's dispatch options: `base` with this attempt's body and its headers. Throws `InvalidRequestError`. */

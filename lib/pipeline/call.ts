@@ -5,7 +5,8 @@ import { type CircuitBreaker, Permit, type PermitValue, Verdict, type VerdictVal
 import type { Clock, RandomSource } from '../clock'
 import type { ConcurrencyLimit } from '../policies/concurrency'
 import {
-  type CallDetails, CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError, OverloadedError, RateLimitedError, TimeoutError, UpstreamError
+  AuthenticationError, type CallDetails, CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError, OverloadedError, RateLimitedError,
+  TimeoutError, UpstreamError
 } from '../errors'
 import type { ClientEvents, RetrySkipReason } from '../telemetry/events'
 import { hasHeader, withoutHeader } from '../headers'
@@ -15,7 +16,8 @@ import type { ResolvedBreaker } from '../options/resolve'
 import { errorCode, isDrop, isRetryStatus, isTransientError, statusVerdict } from './outcome'
 import type { Upstream } from '../transport/upstream'
 import type { ReplicaSet } from '../policies/replicas'
-import type { PreparedRequest } from './prepare'
+import { type PreparedRequest, withToken } from './prepare'
+import { isRedirect, redirectedRequest } from './redirect'
 import { HttpResponse } from './response'
 import { askedWait, nextRetry } from './retry'
 import { askedPause } from './rate-limit-headers'
@@ -34,6 +36,8 @@ export interface CallHost extends AttemptHost {
   readonly limit: ConcurrencyLimit
   readonly rateLimit: RateLimiter | null
   readonly replicas: ReplicaSet
+  /** The client's base path, which a redirect must stay under. */
+  readonly basePath: string
   /** Made on the first call hedged with `'auto'` (the client's option or a call's own). */
   latency: LatencyTracker | null
   readonly events: ClientEvents
@@ -53,8 +57,8 @@ export interface Waiter extends CallDetails {
   cancelWait(error: unknown): void
 }
 
-/** Where a call is. */
-const State = { Running: 0, Waiting: 1, Settled: 2 } as const
+/** Where a call is: running, waiting (to retry, or for a rate-limit token), settled, or waiting for a new `auth` token after a 401. */
+const State = { Running: 0, Waiting: 1, Settled: 2, Reauthenticating: 3 } as const
 type StateValue = typeof State[keyof typeof State]
 
 // `new Promise` needs an executor; this one is shared by every call instead of
@@ -85,7 +89,8 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
   resolve!: (response: HttpResponse) => void
   reject!: (error: unknown) => void
   readonly host: CallHost
-  readonly request: PreparedRequest
+  /** What is sent: replaced by a redirect and by the resend after a 401. */
+  request: PreparedRequest
   readonly clientName: string
   readonly method: string
   readonly path: string
@@ -97,11 +102,17 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
    * body ends rather than at its headers.
    */
   sink: BodySink | null = null
-  /** Attempts sent, hedges included. */
+  /** Attempts sent, hedges included (redirects and the resend after a 401 are not attempts). */
   attempts = 0
+  /** Redirects followed. */
+  redirects = 0
+  /** The path the answer came from, relative to the base path: the call's own until a redirect. */
+  finalPath: string
   #state: StateValue = State.Running
   /** Attempts that count toward `maxAttempts`. */
   #tries = 0
+  /** Requests sent: attempts, redirects and resends; each attempt's number. */
+  #sent = 0
   #hedgesSent = 0
   #running: Attempt | null = null
   #alsoRunning: Attempt[] | null = null
@@ -133,6 +144,7 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     this.clientName = host.name
     this.method = request.method
     this.path = request.path
+    this.finalPath = request.path
     this.#startedAt = now
     this.#totalEndsAt = now + request.totalTimeout
     const deadlineAt = request.deadlineAt
@@ -196,7 +208,8 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
 
   // --- attempts ---
 
-  #send (permit: PermitValue, isHedge: boolean, now: number): void {
+  /** Sends an attempt; a `followUp` (a redirect, a resend after a 401) is a request that is not one. */
+  #send (permit: PermitValue, isHedge: boolean, now: number, followUp = false): void {
     const host = this.host
     const replicas = host.replicas
     const upstream = replicas.choose(this.#tried, now)
@@ -212,8 +225,11 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
         return
       }
     }
-    if (!isHedge) this.#tries++
-    const attempt = new Attempt(this, host, upstream, options, ++this.attempts, permit, isHedge, now)
+    if (!followUp) {
+      if (!isHedge) this.#tries++
+      this.attempts++
+    }
+    const attempt = new Attempt(this, host, upstream, options, ++this.#sent, permit, isHedge, now)
     let at = now + this.request.timeout
     if (this.#totalEndsAt <= at) {
       at = this.#totalEndsAt
@@ -328,7 +344,7 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     const error = attempt.error
     if (error === undefined) {
       if (isRetryStatus(attempt.statusCode, this.request.retry)) this.#onTransientFailure(attempt)
-      else this.#win(attempt)
+      else if (!this.#followUp(attempt)) this.#win(attempt)
       return
     }
     switch (attempt.cut) {
@@ -339,6 +355,9 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
       case Cut.None:
         if (isTransientError(error)) this.#onTransientFailure(attempt)
         else this.#fail(this.#transportError(error))
+        return
+      case Cut.Loser:
+        // Another attempt's answer is being followed (a redirect, a resend after a 401): the call goes on.
         return
       default:
         this.#fail(error)
@@ -405,7 +424,7 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     const now = host.clock.now()
     const decision = nextRetry({
       retry,
-      method: this.method,
+      method: this.request.method,
       hasIdempotencyKey: this.request.hasIdempotencyKey,
       replayable: this.request.replayable,
       attempts: this.#tries,
@@ -502,6 +521,72 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     this.#send(Permit.Pass, true, now)
   }
 
+  // --- redirects and the resend after a 401 ---
+
+  /** Follows a redirect or resends after a 401 when the call may; `false` to take the answer as it is. */
+  #followUp (attempt: Attempt): boolean {
+    const status = attempt.statusCode
+    const request = this.request
+    if (status === 401) {
+      if (request.tokenUse === null || !request.replayable) return false
+      this.#reauthenticate(attempt, request.tokenUse)
+      return true
+    }
+    if (!isRedirect(status) || request.followRedirects === 0) return false
+    const redirected = redirectedRequest(request, status, attempt.headers?.location, attempt.upstream.origin, this.host.basePath)
+    if (redirected === null) return false
+    const now = this.host.clock.now()
+    const permit = this.#followUpPermit(now)
+    if (permit === Permit.Denied) return false
+    this.request = redirected.request
+    this.finalPath = redirected.path
+    this.redirects++
+    this.host.counters.redirects++
+    this.#cancelOthers()
+    this.#send(permit, false, now, true)
+    return true
+  }
+
+  /** A new token, shared with every call that got a 401 from the same one; then the one resend. */
+  #reauthenticate (answer: Attempt, use: NonNullable<PreparedRequest['tokenUse']>): void {
+    this.#cancelOthers()
+    this.#state = State.Reauthenticating
+    this.host.waiting.add(this)
+    use.source.refresh(use.token).then((token) => {
+      if (this.#state !== State.Reauthenticating) return
+      this.host.waiting.delete(this)
+      this.#state = State.Running
+      const now = this.host.clock.now()
+      const permit = this.#followUpPermit(now)
+      if (permit === Permit.Denied) {
+        this.#win(answer)
+        return
+      }
+      this.request = withToken(this.request, use.source, token, true)
+      this.#send(permit, false, now, true)
+    }, (error: unknown) => {
+      this.#fail(new AuthenticationError({ clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts, cause: error }))
+    })
+  }
+
+  /**
+   * A follow-up is sent only with the breaker's permission and, under a rate
+   * limit, a token there at once (it does not wait in line): otherwise the
+   * call takes the answer it has.
+   */
+  #followUpPermit (now: number): PermitValue {
+    const host = this.host
+    const permit = host.breaker === null ? Permit.Pass : host.breaker.acquire(now)
+    if (permit === Permit.Denied || host.rateLimit === null || host.rateLimit.tryTake(now)) return permit
+    host.breaker?.record(permit, Verdict.None, now)
+    return Permit.Denied
+  }
+
+  /** A hedge still out when another attempt's answer is followed up is not needed any more. */
+  #cancelOthers (): void {
+    if (this.#running !== null) this.#cancelRunning(Cut.Loser, loserReason())
+  }
+
   // --- the end ---
 
   #win (attempt: Attempt): void {
@@ -556,6 +641,8 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
         host.rateLimit?.cancel(this)
         this.#giveBack(host.clock.now())
       }
+      host.waiting.delete(this)
+    } else if (this.#state === State.Reauthenticating) {
       host.waiting.delete(this)
     }
     this.#state = State.Settled

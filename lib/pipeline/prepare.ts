@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import type { Dispatcher } from 'undici'
+import type { TokenSource, TokenUse } from './auth'
 import { encodeForm, FORM_CONTENT_TYPE, FreshBody, type MadeBody, makeBody, withBodyHeaders } from './body'
 import { InvalidRequestError } from '../errors'
-import { type HeaderList, hasHeader, mergeHeaderLists, toHeaderList } from '../headers'
+import { type HeaderList, hasHeader, mergeHeaderLists, toHeaderList, withoutHeader } from '../headers'
 import { DEFAULT_RETRY, MAX_REDIRECTS, type ResolvedClientOptions, type ResolvedHedge, type ResolvedRetry, resolveHedge, resolveRetry } from '../options/resolve'
 import type { InboundContext } from '../inbound/request-context'
 import type { CallOptions } from '../types'
@@ -22,6 +23,8 @@ export interface PreparedRequest {
   readonly freshBody: FreshBody | null
   /** Redirects the call may still follow. */
   readonly followRedirects: number
+  /** The `auth.token` bearer the request carries, until its one resend after a 401; `null` for none. */
+  readonly tokenUse: TokenUse | null
   readonly hasIdempotencyKey: boolean
   readonly retry: ResolvedRetry | false
   readonly hedge: ResolvedHedge | false
@@ -86,6 +89,7 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
       replayable: true,
       freshBody: null,
       followRedirects: settings.followRedirects,
+      tokenUse: null,
       hasIdempotencyKey: false,
       retry: settings.retry,
       hedge: HEDGED_METHODS.has(method) ? settings.hedge : false,
@@ -167,6 +171,7 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
     replayable,
     freshBody,
     followRedirects,
+    tokenUse: null,
     hasIdempotencyKey: hasHeader(headers, 'idempotency-key'),
     retry,
     hedge,
@@ -177,6 +182,17 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
     deadlineAt: followed?.deadlineAt,
     deadlineHeader: deadlineHeaderFor(followed, ownHeaders)
   }
+}
+
+/**
+ * `request` sent with `token` as its bearer (a request with its own
+ * `authorization` is never given one: it wins, and a 401 is its own). A
+ * `resend` (the one after a 401) replaces the old token and is not resent again.
+ */
+export function withToken (request: PreparedRequest, source: TokenSource, token: string, resend: boolean): PreparedRequest {
+  const headers = resend ? withoutHeader(request.options.headers, 'authorization') : request.options.headers.slice()
+  headers.push('authorization', `Bearer ${token}`)
+  return { ...request, options: { ...request.options, headers }, tokenUse: resend ? null : { source, token } }
 }
 
 function jsonText (value: unknown, fail: Fail): string {

@@ -36,16 +36,26 @@ export class HttpResponse {
   readonly statusCode: number
   /** Headers of the final attempt. */
   readonly headers: IncomingHttpHeaders
-  /** How many attempts the call made, hedges included. */
+  /** How many attempts the call made, hedges included (redirects and the resend after a 401 are not attempts). */
   readonly attempts: number
+  /** Redirects followed (0 when none). */
+  readonly redirects: number
+  /**
+   * The path the response came from, relative to the base path as the
+   * caller writes it: the call's own path (without `query`), or after a
+   * redirect the `Location`'s path with its query string.
+   */
+  readonly path: string
   readonly #attempt: Attempt
   readonly #call: CallDetails
 
   /** @internal Made by the client. */
-  constructor (attempt: Attempt, call: CallDetails & { attempts: number }) {
+  constructor (attempt: Attempt, call: CallDetails & { attempts: number, redirects: number, finalPath: string }) {
     this.statusCode = attempt.statusCode
     this.headers = attempt.headers as IncomingHttpHeaders
     this.attempts = call.attempts
+    this.redirects = call.redirects
+    this.path = call.finalPath
     this.#attempt = attempt
     this.#call = call
   }
