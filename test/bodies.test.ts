@@ -192,7 +192,8 @@ test('a body function that throws or returns what cannot be sent fails the call;
   t.type(thrown, InvalidRequestError)
   t.equal(thrown.cause, boom)
   t.match(thrown.message, /body function threw: no file/)
-  const thrownString = await rejection(client.post('/x', { body: () => { throw 'not an Error' } })) as InvalidRequestError
+  const notAnError: unknown = 'not an Error'
+  const thrownString = await rejection(client.post('/x', { body: () => { throw notAnError } })) as InvalidRequestError
   t.match(thrownString.message, /body function threw: not an Error/)
   const cases: Array<[unknown, RegExp]> = [
     [() => 42, /body\(\) must be .* got the number 42/],

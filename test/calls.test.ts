@@ -246,6 +246,7 @@ test('stats() counts calls', async (t) => {
     streams: 0,
     rateLimited: 0,
     rateLimitWaits: 0,
+    redirects: 0,
     concurrencyLimit: undefined,
     replicas: [{ origin: upstream.url, inFlight: 0, ejected: false, ejections: 0, failures: 0 }],
     pool: { connected: 0, free: 0, pending: 0, queued: 0, running: 0, size: 0 }
