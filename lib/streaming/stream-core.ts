@@ -202,9 +202,13 @@ export class StreamCore implements BodySink, TimedEntry, Waiter {
 
   // --- timers and close ---
 
+  /** Due from the client's timer heap: checked in the caller's context, where its events are published. */
   onTimer (): void {
-    const attempt = this.#attempt
-    if (attempt === null) return
+    this.scope.runInAsyncScope(this.#checkTimer, this)
+  }
+
+  #checkTimer (): void {
+    const attempt = this.#attempt as Attempt
     const host = this.host
     const now = host.clock.now()
     const details = { clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts }
