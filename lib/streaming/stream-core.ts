@@ -1,4 +1,4 @@
-import { AsyncResource } from 'node:async_hooks'
+import { callerScope } from '../async-context'
 import { type Attempt, type BodySink, Cut, type CutValue } from '../pipeline/attempt'
 import type { CallHost, Waiter } from '../pipeline/call'
 import type { PreparedRequest } from '../pipeline/prepare'
@@ -56,7 +56,7 @@ export class StreamCore implements BodySink, TimedEntry, Waiter {
   readonly method: string
   readonly path: string
   /** The caller's async context: the body's events and reconnects run in it. */
-  readonly scope = new AsyncResource('fastify-resilient-http:stream')
+  readonly scope = callerScope()
   /** Attempts sent to open it, reconnects included. */
   attempts = 0
   /** Lines or events yielded (bytes, for `body`). */
