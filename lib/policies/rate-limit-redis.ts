@@ -137,10 +137,11 @@ export class RedisTokens implements TokenSource {
   turnAt (now: number, index: number): number {
     if (now < this.#downUntil && this.#fallback !== null) return this.#fallback.turnAt(now, index)
     const start = Math.max(now, this.#pausedUntil)
-    if (index < this.#held) return Math.max(start, this.#tokenAt(this.#spent + index))
-    // Past the lease, an estimate: the fleet's next tokens, one every 1/perSecond.
-    const last = this.#held > 0 ? Math.max(start, this.#tokenAt(this.#spent + this.#held - 1)) : start
-    return last + (index - this.#held + 1) / this.#perMs
+    const held = this.#held
+    if (index < held) return Math.max(start, this.#tokenAt(this.#spent + index))
+    // Past the lease, an estimate: Redis has the next token now, and then one every 1/perSecond.
+    if (held === 0) return start + index / this.#perMs
+    return Math.max(start, this.#tokenAt(this.#spent + held - 1)) + (index - held + 1) / this.#perMs
   }
 
   wakeAt (now: number): number {
@@ -148,6 +149,10 @@ export class RedisTokens implements TokenSource {
     if (now < this.#downUntil) return this.#fallback === null ? this.#downUntil : this.#fallback.turnAt(now, 0)
     if (this.#asking || this.#held === 0) return Infinity
     return this.#tokenAt(this.#spent)
+  }
+
+  awaiting (): boolean {
+    return this.#asking
   }
 
   refusing (now: number): number {

@@ -31,6 +31,8 @@ export interface TokenSource {
   pause(until: number, now: number): boolean
   /** Asks for more tokens when calls wait for them (a fleet); the answer comes through `RateLimiter.wake()`. */
   fill(now: number): void
+  /** An answer from Redis is awaited: turns are not known until it comes (within `redisTimeoutMs`). */
+  awaiting(): boolean
   /** Times of its own waits end with the client. */
   close(): void
 }
@@ -126,7 +128,6 @@ export class RateLimiter {
   /** Something changed (a timer, an answer from Redis, a pause): refuse who can no longer be served in time, serve who can. */
   wake (): void {
     const now = this.#clock.now()
-    this.#review(now)
     const line = this.#line
     const source = this.source
     while (line.length !== 0 && source.ready(now)) {
@@ -134,6 +135,7 @@ export class RateLimiter {
       source.take(now)
       next.waiter.onToken(now)
     }
+    if (!source.awaiting()) this.#review(now)
     this.#schedule(now)
   }
 
@@ -165,10 +167,11 @@ export class RateLimiter {
       this.#clearTimer()
       return
     }
-    this.source.fill(now)
-    let at = this.source.wakeAt(now)
-    // A fleet's turns are estimates: a waiter whose limit passes first is refused then.
-    for (const entry of line) if (entry.limitAt < at) at = entry.limitAt
+    const source = this.source
+    source.fill(now)
+    let at = source.wakeAt(now)
+    // A fleet's turns are estimates: a waiter whose limit passes first is refused then (once Redis has answered).
+    if (!source.awaiting()) for (const entry of line) if (entry.limitAt < at) at = entry.limitAt
     if (at === this.#timerAt) return
     this.#clearTimer()
     if (at === Infinity) return
@@ -245,6 +248,10 @@ export class LocalBucket implements TokenSource {
   }
 
   fill (): void {}
+
+  awaiting (): boolean {
+    return false
+  }
 
   close (): void {}
 

@@ -1,0 +1,140 @@
+import Redis from 'ioredis'
+import { test, type Test } from 'tap'
+import { RateLimitedError } from '../lib/errors'
+import { createHttpClient, type HttpClient } from '../lib/api/http-client'
+import type { RateLimitOptions } from '../lib/types'
+import { CHANNELS, type RateLimitPausedEvent } from '../lib/telemetry/events'
+import { type RedisServer, startRedis } from './helpers/redis-server'
+import { timedUpstream, type Step } from './helpers/timed-upstream'
+import { rejection } from './helpers/upstream'
+import { eventually, published } from './helpers/wait'
+
+function redisClient (t: Test, server: RedisServer): Redis {
+  // As an app would make it: reconnecting, commands queued while disconnected.
+  const redis = new Redis({ port: server.port, host: '127.0.0.1', retryStrategy: () => 50 })
+  redis.on('error', () => {})
+  t.teardown(() => { redis.disconnect() })
+  return redis
+}
+
+function fleetClient (t: Test, url: string, rateLimit: RateLimitOptions, name = 'maps'): HttpClient {
+  const client = createHttpClient({ name, baseUrl: url, retry: false, rateLimit })
+  t.teardown(() => client.close())
+  return client
+}
+
+async function outcomes (calls: Array<Promise<unknown>>): Promise<{ sent: number, refused: number }> {
+  let sent = 0
+  let refused = 0
+  for (const error of await Promise.all(calls.map(rejection))) {
+    if (error === null) sent++
+    else if (error instanceof RateLimitedError) refused++
+    else throw error
+  }
+  return { sent, refused }
+}
+
+test('two clients on one key share one bucket: a burst of 10 between them, not 10 each', async (t) => {
+  const server = await startRedis(t)
+  const upstream = await timedUpstream(t, () => ({ body: 'ok' }))
+  const limit = { perSecond: 2, burst: 10, maxWaitMs: 0, key: 'frh:test:shared', lease: 2 }
+  const a = fleetClient(t, upstream.url, { ...limit, redis: redisClient(t, server) }, 'a')
+  const b = fleetClient(t, upstream.url, { ...limit, redis: redisClient(t, server) }, 'b')
+  const started = Date.now()
+  const counts = { a: 0, b: 0 }
+  for (let i = 0; i < 8; i++) {
+    counts.a += (await outcomes([a.get('/a')])).sent
+    counts.b += (await outcomes([b.get('/b')])).sent
+  }
+  const elapsedS = (Date.now() - started) / 1000
+  // burst + perSecond × span, and a lease per instance at most on top.
+  t.ok(upstream.hits.length <= 10 + Math.ceil(2 * elapsedS) + 2 * 2, `${upstream.hits.length} sent in ${elapsedS} s`)
+  t.ok(upstream.hits.length >= 10, `the burst was used (${upstream.hits.length})`)
+  t.ok(counts.a > 0 && counts.b > 0, `both instances had tokens (${counts.a}, ${counts.b})`)
+  t.equal(a.stats().rateLimited + b.stats().rateLimited, 16 - upstream.hits.length)
+})
+
+test('calls wait for tokens that the fleet\'s bucket grants over time', async (t) => {
+  const server = await startRedis(t)
+  const upstream = await timedUpstream(t, () => ({ body: 'ok' }))
+  const client = fleetClient(t, upstream.url, { perSecond: 20, burst: 1, maxWaitMs: 2_000, redis: redisClient(t, server) })
+  const started = Date.now()
+  const result = await outcomes(Array.from({ length: 10 }, () => client.get('/')))
+  const elapsed = Date.now() - started
+  t.same(result, { sent: 10, refused: 0 })
+  t.ok(elapsed >= 400, `ten calls at 20 a second, one at once: at least 450 ms (${elapsed})`)
+  t.equal(client.stats().rateLimitWaits, 10, 'the first waited for the lease from Redis')
+})
+
+test('a 429 with Retry-After pauses the whole fleet: every instance learns it and sends nothing until it ends', async (t) => {
+  const server = await startRedis(t)
+  let pausedAt = 0
+  const upstream = await timedUpstream(t, (index): Step => {
+    if (index !== 3) return { body: 'ok' }
+    pausedAt = Date.now()
+    return { status: 429, headers: { 'retry-after': '1' } }
+  })
+  const paused = published<RateLimitPausedEvent>(t, CHANNELS.rateLimitPaused)
+  const limit = { perSecond: 100, maxWaitMs: 0, key: 'frh:test:pause' }
+  const a = fleetClient(t, upstream.url, { ...limit, redis: redisClient(t, server) }, 'a')
+  const b = fleetClient(t, upstream.url, { ...limit, redis: redisClient(t, server) }, 'b')
+  for (let i = 0; i < 4; i++) await a.get('/a')
+  t.same(paused, [{ client: 'a', pausedMs: 1_000, reason: 'retry-after' }])
+  // b holds a lease taken before the pause, or none: either way it learns within 100 ms.
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const during = await outcomes([b.get('/b'), a.get('/a'), b.get('/b')])
+  t.same(during, { sent: 0, refused: 3 }, 'refused by both instances')
+  t.same(paused[1], { client: 'b', pausedMs: paused[1]?.pausedMs, reason: 'fleet' }, 'b logged what it learnt')
+  t.equal(upstream.hits.length, 4, 'nothing reached the upstream during the pause')
+  t.ok(await eventually(() => Date.now() - pausedAt > 1_100, 2_000))
+  let after = { sent: 0, refused: 0 }
+  for (let i = 0; i < 20 && after.sent === 0; i++) {
+    after = await outcomes([b.get('/b')])
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+  t.equal(after.sent, 1, 'b sends again once the pause is over')
+})
+
+test('Redis stopped mid-run: \'local\' keeps a limit of localPerSecond, \'refuse\' refuses; both use Redis again once it is back', async (t) => {
+  const server = await startRedis(t)
+  const upstream = await timedUpstream(t, () => ({ body: 'ok' }))
+  const redis = redisClient(t, server)
+  const local = fleetClient(t, upstream.url, { perSecond: 1_000, burst: 5, maxWaitMs: 0, redis, key: 'frh:test:local', localPerSecond: 2, redisTimeoutMs: 50 }, 'local')
+  const refuse = fleetClient(t, upstream.url, { perSecond: 1_000, maxWaitMs: 0, redis, key: 'frh:test:refuse', onRedisError: 'refuse', redisTimeoutMs: 50 }, 'refuse')
+  t.same(await outcomes([local.get('/'), refuse.get('/')]), { sent: 2, refused: 0 }, 'through Redis')
+
+  await server.stop()
+  // The first calls after the outage find it out, within redisTimeoutMs.
+  t.same(await outcomes([local.get('/')]), { sent: 1, refused: 0 }, '\'local\': sent under this instance\'s own bucket')
+  t.same(await outcomes([refuse.get('/')]), { sent: 0, refused: 1 }, '\'refuse\': refused')
+  const duringLocal = await outcomes(Array.from({ length: 5 }, () => local.get('/')))
+  t.ok(duringLocal.sent <= 1, `'local': at localPerSecond (${duringLocal.sent} more sent)`)
+  const duringRefuse = await rejection(refuse.get('/'))
+  t.type(duringRefuse, RateLimitedError, '\'refuse\': refused')
+  t.ok((duringRefuse as RateLimitedError).retryAfterMs <= 1_000, 'until Redis is asked again')
+
+  await server.start()
+  t.ok(await eventually(() => redis.status === 'ready', 5_000), 'the app\'s client reconnected by itself')
+  await new Promise((resolve) => setTimeout(resolve, 1_000))
+  const after = await outcomes([refuse.get('/'), refuse.get('/')])
+  t.ok(after.sent >= 1, `'refuse' sends again through Redis (${after.sent})`)
+})
+
+test('the client never connects or closes the Redis client it is given', async (t) => {
+  const server = await startRedis(t)
+  const upstream = await timedUpstream(t, () => ({ body: 'ok' }))
+  const redis = redisClient(t, server)
+  const touched: string[] = []
+  for (const method of ['connect', 'disconnect', 'quit', 'duplicate'] as const) {
+    const original = redis[method].bind(redis) as (...args: unknown[]) => unknown
+    ;(redis as unknown as Record<string, unknown>)[method] = (...args: unknown[]) => {
+      touched.push(method)
+      return original(...args)
+    }
+  }
+  const client = createHttpClient({ name: 'maps', baseUrl: upstream.url, rateLimit: { perSecond: 10, redis } })
+  await client.get('/')
+  await client.close()
+  t.same(touched, [])
+  t.equal(await redis.ping(), 'PONG', 'still the app\'s, connected')
+})
