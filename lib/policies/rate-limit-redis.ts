@@ -170,16 +170,16 @@ export class RedisTokens implements TokenSource {
 
   fill (now: number): void {
     if (this.#asking || this.#closed || now < this.#pausedUntil || now < this.#downUntil) return
-    if (this.#held > 0 && now - this.#askedAt < FRESH_MS) return
-    // Tokens leased too long ago go back: another instance may have learnt of a pause since.
-    const back = this.#held
-    this.#held = 0
+    const held = this.#held
+    if (held > 0 && now - this.#askedAt < FRESH_MS) return
+    // Tokens leased a while ago are kept, and their turn with them, once Redis says no pause was set since.
+    const want = held > 0 ? 0 : this.#options.lease
     this.#asking = true
     this.#askedAt = now
     const options = this.#options
-    this.#run(TAKE_SHA, TAKE_SCRIPT, [options.perSecond, options.burst, options.lease, back, options.maxWaitMs]).then((reply) => {
+    this.#run(TAKE_SHA, TAKE_SCRIPT, [options.perSecond, options.burst, want, 0, options.maxWaitMs]).then((reply) => {
       this.#asking = false
-      this.#granted(reply)
+      this.#granted(reply, want)
     }, (error: unknown) => {
       this.#asking = false
       this.#down(error)
@@ -201,12 +201,12 @@ export class RedisTokens implements TokenSource {
     this.#timers.clear()
   }
 
-  #granted (reply: unknown): void {
+  #granted (reply: unknown, wanted: number): void {
     const now = this.#clock.now()
     const [granted, level, pausedMs] = reply as [number, string, number]
     if (pausedMs > 0) {
       if (this.#pauseHere(now + pausedMs)) this.#hooks.paused(pausedMs)
-    } else {
+    } else if (wanted > 0) {
       this.#held = granted
       this.#spent = 0
       this.#level = Number(level)
