@@ -24,7 +24,7 @@ test('three Node processes share one limit through Redis, and one 429 pauses all
     hits.push(now)
     if (hits.length === 60) {
       pausedAt = now
-      res.writeHead(429, { 'retry-after': '1', 'content-length': 0 })
+      res.writeHead(429, { 'retry-after': '2', 'content-length': 0 })
       res.end()
       return
     }
@@ -35,7 +35,7 @@ test('three Node processes share one limit through Redis, and one 429 pauses all
   const readyDir = mkdtempSync(path.join(tmpdir(), 'frh-fleet-'))
   t.teardown(() => rmSync(readyDir, { recursive: true, force: true }))
   // A slow Redis answer must not send an instance to its fallback here: this test is about the shared limit.
-  const env = { UPSTREAM_URL: upstream.url, REDIS_PORT: String(redis.port), PER_SECOND: String(PER_SECOND), BURST: String(BURST), KEY: 'frh:test:fleet', READY_DIR: readyDir, DURATION_MS: '2500', REDIS_TIMEOUT_MS: '2000' }
+  const env = { UPSTREAM_URL: upstream.url, REDIS_PORT: String(redis.port), PER_SECOND: String(PER_SECOND), BURST: String(BURST), KEY: 'frh:test:fleet', READY_DIR: readyDir, DURATION_MS: '3500', REDIS_TIMEOUT_MS: '2000' }
   const children = Promise.all(Array.from({ length: INSTANCES }, () => runChildThatMustExit(t, [FIXTURE], { env, cwd: path.join(__dirname, '..') })))
   // Node starts slowly on a busy machine: the instances start together once all are ready.
   t.ok(await eventually(() => readdirSync(readyDir).length === INSTANCES, 30_000), 'the instances are ready')
@@ -57,8 +57,10 @@ test('three Node processes share one limit through Redis, and one 429 pauses all
   t.ok(worst <= 1, `never over the bound (at worst ${worst.toFixed(2)} over, for clock resolution)`)
   t.ok(hits.length >= 0.5 * PER_SECOND * 1.5, `the limit was used, not starved: ${hits.length} calls`)
 
-  t.ok(pausedAt > 0, 'the upstream answered 429 with Retry-After: 1')
-  const during = hits.filter((at) => at > pausedAt + 100 && at < pausedAt + 1_000)
-  t.equal(during.length, 0, 'from 100 ms after the 429 until its end, no instance sent anything')
-  t.ok(hits.some((at) => at >= pausedAt + 1_000), 'they sent again after it')
+  t.ok(pausedAt > 0, 'the upstream answered 429 with Retry-After: 2')
+  // Every instance learns of the pause within 100 ms of the one that got the 429 telling Redis; on a
+  // busy machine that one may read the answer late, and requests already sent arrive late: 400 ms.
+  const during = hits.filter((at) => at > pausedAt + 400 && at < pausedAt + 2_000)
+  t.equal(during.length, 0, 'from shortly after the 429 until its end, no instance sent anything')
+  t.ok(hits.some((at) => at >= pausedAt + 2_000), 'they sent again after it')
 })
