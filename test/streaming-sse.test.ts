@@ -271,9 +271,12 @@ test('close, the caller and the consumer cut a wait between two connections', as
   t.equal((await iterator.next()).value?.id, '1')
   const waiting = iterator.next()
   await sleep(150)
+  t.equal(client.stats().streams, 1, 'waiting to reconnect, the stream is still open')
+  t.equal(client.stats().inFlight, 1, 'and keeps its place in the limit')
   stream.close()
   t.same(await waiting, { done: true, value: undefined }, 'close() ends it cleanly')
   t.equal(client.stats().streams, 0)
+  t.equal(client.stats().inFlight, 0)
   t.equal(upstream.hits.length, 3, 'no reconnect was sent')
 })
 

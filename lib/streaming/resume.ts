@@ -35,6 +35,8 @@ export class Reconnection implements Reconnector {
   #controller: AbortController | null = null
   #signalListener: (() => void) | null = null
   #stopped = false
+  /** The stream's place in the concurrency limit, kept between two connections. */
+  #holding = false
   readonly #afterWait = (): void => { this.#reconnect() }
 
   constructor (core: StreamCore, parser: SseParser, maxReconnects: number) {
@@ -54,8 +56,7 @@ export class Reconnection implements Reconnector {
     this.#lastError = error
     // The events still queued are read first: the reconnect asks for what follows the last of them.
     core.queueBoundary()
-    host.waiting.add(core)
-    this.#watchSignal()
+    this.#wait()
     return true
   }
 
@@ -146,9 +147,19 @@ export class Reconnection implements Reconnector {
       return
     }
     this.#lastError = error
-    core.host.waiting.add(core)
-    this.#watchSignal()
+    this.#wait()
     this.#schedule()
+  }
+
+  /** Between two connections the stream is still open: it keeps its place in the limit, and close or the caller can cut the wait. */
+  #wait (): void {
+    const host = this.#core.host
+    host.waiting.add(this.#core)
+    if (!this.#holding) {
+      this.#holding = true
+      host.limit.inFlight++
+    }
+    this.#watchSignal()
   }
 
   /** The same request, once, with `Last-Event-ID`; no deadline (it applied to the opening only) and no hedge. */
@@ -182,6 +193,10 @@ export class Reconnection implements Reconnector {
   #clearWait (): void {
     const core = this.#core
     core.host.waiting.delete(core)
+    if (this.#holding) {
+      this.#holding = false
+      core.host.limit.release()
+    }
     if (this.#timer !== null) {
       core.host.clock.clearTimer(this.#timer)
       this.#timer = null
