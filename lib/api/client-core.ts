@@ -1,16 +1,15 @@
 import type { Attempt } from '../pipeline/attempt'
-import { type Call, type CallHost, type Waiter, withoutStack } from '../pipeline/call'
+import type { Call, CallHost, Waiter } from '../pipeline/call'
 import { CircuitBreaker } from '../policies/circuit-breaker'
 import { type Clock, type RandomSource, systemClock } from '../clock'
 import { ConcurrencyLimit } from '../policies/concurrency'
-import { CircuitOpenError, ClientClosedError } from '../errors'
+import { ClientClosedError } from '../errors'
 import { ClientEvents } from '../telemetry/events'
 import { LatencyTracker } from '../pipeline/hedging'
 import type { Logger } from '../logger'
 import type { ResolvedBreaker, ResolvedClientOptions } from '../options/resolve'
 import { createUpstreams } from '../transport/upstream'
 import { ReplicaSet } from '../policies/replicas'
-import type { InboundContext } from '../inbound/request-context'
 import { RetryBudget } from '../policies/retry-budget'
 import { LocalBucket, RateLimiter } from '../policies/rate-limit'
 import { RedisTokens } from '../policies/rate-limit-redis'
@@ -52,6 +51,12 @@ export class ClientCore implements CallHost {
   latency: LatencyTracker | null
   readonly events: ClientEvents
   readonly log: Logger
+  /**
+   * The logger a breaker transition goes to: set by a call for the moment it
+   * acts on the breaker (so a transition it causes carries its request's
+   * `reqId`), the client's otherwise.
+   */
+  breakerLog: Logger
   readonly counters = new Counters()
   readonly waiting = new Set<Waiter>()
   draining = false
@@ -71,12 +76,13 @@ export class ClientCore implements CallHost {
     this.timers = new TimerHeap(this.clock)
     this.maxResponseBytes = settings.maxResponseBytes
     this.log = logger
+    this.breakerLog = logger
     this.events = new ClientEvents(logger)
     this.breakerSettings = settings.circuitBreaker
     this.breaker = settings.circuitBreaker === false
       ? null
       : new CircuitBreaker(settings.circuitBreaker, (from, to, remainingMs, cause) => {
-        this.events.circuit({ client: this.name, from, to, remainingMs, cause })
+        this.events.circuit({ client: this.name, from, to, remainingMs, cause }, this.breakerLog)
       }, this.random)
     const budget = settings.retry === false ? false : settings.retry.budget
     this.budget = budget === false ? null : new RetryBudget(budget.ratio, budget.minPerSecond)
@@ -105,24 +111,19 @@ export class ClientCore implements CallHost {
   }
 
   /**
-   * An open circuit refuses calls in bulk: a call without options that the
-   * stages before the breaker would let through (its deadline not passed,
-   * under the limit) is refused here as `Call.start()` would refuse it, but
-   * without a prepared request or a call made for it. `undefined` when the
-   * call must take the full path.
+   * The path would be sent. Checked before admission, so that a refused
+   * path gets its `InvalidRequestError` rather than a refusal; refusals come
+   * in bulk for one path, so the last one that passed is remembered.
    */
-  refuseWhileOpen (breaker: CircuitBreaker, method: string, path: string, inbound: InboundContext | undefined, now: number): Promise<never> | undefined {
-    if (!breaker.refuses(now) || this.limit.inFlight >= this.limit.limit) return undefined
-    if (inbound?.deadlineAt !== undefined && inbound.deadlineAt <= now) return undefined
-    if (path !== this.#lastSendablePath) {
-      if (!isSendable(path)) return undefined
-      this.#lastSendablePath = path
+  isSendable (path: string): boolean {
+    if (path === this.#lastSendablePath) return true
+    try {
+      sendablePath(path)
+    } catch {
+      return false
     }
-    this.counters.requests++
-    this.counters.shortCircuited++
-    const remainingMs = breaker.remainingMs(now)
-    this.events.shortCircuited(this.name, method, path, remainingMs)
-    return Promise.reject(withoutStack(CircuitOpenError, { clientName: this.name, method, path, attempts: 0 }, remainingMs, breaker.openedBy))
+    this.#lastSendablePath = path
+    return true
   }
 
   // Attempts not over yet, bodies included, in an intrusive list: close cuts them after its grace period.
@@ -184,15 +185,5 @@ export class ClientCore implements CallHost {
       clearTimeout(timer)
       if (!closed) await upstream.destroy(this.name)
     }))
-  }
-}
-
-/** The path would be sent (a refused one takes the full path, to its InvalidRequestError). */
-function isSendable (path: string): boolean {
-  try {
-    sendablePath(path)
-    return true
-  } catch {
-    return false
   }
 }

@@ -8,6 +8,7 @@ import { currentInboundContext } from '../inbound/request-context'
 import { type PreparedRequest, prepareRequest, withToken } from '../pipeline/prepare'
 import type { TokenSource } from '../pipeline/auth'
 import { hasHeader } from '../headers'
+import { admit, isRefusal, refuse } from '../pipeline/admission'
 import type { HttpResponse } from '../pipeline/response'
 import { type ClientStats, sumPoolStats } from './stats'
 import { installTelemetry } from '../telemetry/otel'
@@ -159,18 +160,22 @@ export class HttpClient {
     if (core.closed) return Promise.reject(new ClientClosedError({ clientName: this.name, method, path }))
     const inbound = currentInboundContext()
     const now = core.clock.now()
-    let request: PreparedRequest
-    try {
-      if (options === undefined && core.breaker !== null) {
-        const refused = core.refuseWhileOpen(core.breaker, method, path, inbound, now)
-        if (refused !== undefined) return refused
+    let request: PreparedRequest | undefined
+    // A call without options has nothing to check but its path.
+    if (options !== undefined || core.tokens !== null || !core.isSendable(path)) {
+      try {
+        request = prepareRequest(core.settings, method, path, options, inbound, isRequest)
+      } catch (error) {
+        return Promise.reject(error)
       }
-      request = prepareRequest(core.settings, method, path, options, inbound, isRequest)
-    } catch (error) {
-      return Promise.reject(error)
+      if (core.tokens !== null && !hasHeader(request.options.headers, 'authorization')) return this.#sendWithToken(core.tokens, request, now)
     }
-    if (core.tokens !== null && !hasHeader(request.options.headers, 'authorization')) return this.#sendWithToken(core.tokens, request, now)
-    return new Call(core, request, now).start()
+    const log = inbound?.log ?? core.log
+    const admission = request === undefined ? admit(core, inbound?.deadlineAt, undefined, log, now) : admit(core, request.deadlineAt, request.signal, log, now)
+    if (isRefusal(admission)) return refuse(core, admission, method, path, request?.signal, log, now)
+    // Made only once admitted: a refused call without options allocates nothing before its error.
+    request ??= prepareRequest(core.settings, method, path, undefined, inbound, isRequest)
+    return new Call(core, request, now).run(admission)
   }
 
   /** A call under `auth.token`: sent at once while a token is known, else once the function has given one. */

@@ -1,48 +1,43 @@
 import type { AsyncResource } from 'node:async_hooks'
 import { callerScope } from '../async-context'
 import { Attempt, type AttemptHost, type AttemptOwner, type BodySink, Cut, type CutValue } from './attempt'
-import { type CircuitBreaker, Permit, type PermitValue, Verdict, type VerdictValue } from '../policies/circuit-breaker'
+import { admit, type AdmissionHost, isRefusal, refuse, withoutStack } from './admission'
+import { type CircuitBreaker, Permit, type PermitValue, Verdict } from '../policies/circuit-breaker'
 import type { Clock, RandomSource } from '../clock'
-import type { ConcurrencyLimit } from '../policies/concurrency'
-import {
-  AuthenticationError, type CallDetails, CircuitOpenError, ClientClosedError, HttpClientError, InvalidRequestError, OverloadedError, RateLimitedError,
-  TimeoutError, UpstreamError
-} from '../errors'
-import type { ClientEvents, RetrySkipReason } from '../telemetry/events'
-import { hasHeader, withoutHeader } from '../headers'
-import { hedgeAfterPoll, LatencyTracker } from './hedging'
+import { AuthenticationError, type CallDetails, ClientClosedError, RateLimitedError, TimeoutError, UpstreamError } from '../errors'
+import type { RetrySkipReason } from '../telemetry/events'
+import { armHedge, hedgeDue, type Hedged, type HedgeHost, sendHedge } from './hedge'
 import type { Logger } from '../logger'
 import type { ResolvedBreaker } from '../options/resolve'
-import { errorCode, isDrop, isRetryStatus, isTransientError, statusVerdict } from './outcome'
-import type { Upstream } from '../transport/upstream'
+import { classify, describeFailure, type Outcome, SUCCESS } from './outcome'
+import { attemptOptions, attemptTimeout } from './attempt-plan'
 import type { ReplicaSet } from '../policies/replicas'
 import { type PreparedRequest, withToken } from './prepare'
 import { isRedirect, redirectedRequest } from './redirect'
 import { HttpResponse } from './response'
-import { askedWait, nextRetry } from './retry'
+import { nextRetry } from './retry'
 import { askedPause } from './rate-limit-headers'
 import type { RateLimiter, TokenWaiter } from '../policies/rate-limit'
 import type { RetryBudget } from '../policies/retry-budget'
-import type { Counters } from '../api/stats'
-import type { TimedEntry } from './timer-heap'
+import { releaseSignal, watchSignal } from './caller-signal'
+import type { Upstream } from '../transport/upstream'
+
+// The hot path of every call. A call is its own hedge-timer entry and its
+// own promise's settlers (captured by one shared executor), and a plain 2xx
+// is judged by a shared outcome: a call that succeeds at once allocates
+// its Attempt, its promise and its HttpResponse, nothing else.
 
 /** What a call needs of its client. */
-export interface CallHost extends AttemptHost {
+export interface CallHost extends AttemptHost, AdmissionHost, HedgeHost {
   readonly clock: Clock
   readonly random: RandomSource
   readonly breaker: CircuitBreaker | null
   readonly breakerSettings: ResolvedBreaker | false
   readonly budget: RetryBudget | null
-  readonly limit: ConcurrencyLimit
   readonly rateLimit: RateLimiter | null
   readonly replicas: ReplicaSet
   /** The client's base path, which a redirect must stay under. */
   readonly basePath: string
-  /** Made on the first call hedged with `'auto'` (the client's option or a call's own). */
-  latency: LatencyTracker | null
-  readonly events: ClientEvents
-  readonly log: Logger
-  readonly counters: Counters
   /** `fastify.close()` has begun: no more waits, retries or hedges. */
   readonly draining: boolean
   readonly closed: boolean
@@ -70,21 +65,14 @@ function captureSettlers (resolve: (response: HttpResponse) => void, reject: (er
   call.reject = reject
 }
 
-/** A failure's short name for logs: `status 503`, `ECONNRESET`, `timeout`. */
-function describeFailure (attempt: Attempt): string {
-  if (attempt.error === undefined) return `status ${attempt.statusCode}`
-  if (attempt.cut === Cut.Timeout) return 'timeout'
-  // A transient transport failure always has a code: that is how it was found transient.
-  return String(errorCode(attempt.error))
-}
-
 /**
- * One call: the state machine only. It starts attempts (first try, retries
- * after a wait, hedges beside a slow attempt), hears each attempt's end
- * once, and settles once. What a failure means is decided in outcome.ts,
- * whether and when to retry in retry.ts.
+ * One admitted call: the state machine only. It starts attempts (first try,
+ * retries after a wait, hedges beside a slow attempt), hears each attempt's
+ * end once, classifies it (outcome.ts), records the outcome with the
+ * policies in one place (`#record`), asks retry.ts whether and when to try
+ * again, and settles once.
  */
-export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
+export class Call implements AttemptOwner, Hedged, TokenWaiter {
   // Set by the promise executor in start(), before anything can settle the call.
   resolve!: (response: HttpResponse) => void
   reject!: (error: unknown) => void
@@ -113,21 +101,23 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
   #tries = 0
   /** Requests sent: attempts, redirects and resends; each attempt's number. */
   #sent = 0
-  #hedgesSent = 0
+  hedgesSent = 0
   #running: Attempt | null = null
   #alsoRunning: Attempt[] | null = null
+  /** The last attempt that failed transiently, and what it meant: the call ends with it if no retry comes. */
   #lastFailure: Attempt | null = null
+  #lastOutcome: Outcome = SUCCESS
   /** The response handed out, while its body is still coming. */
   #streaming: Attempt | null = null
-  #openedCircuit = false
   #tried: Upstream[] | null = null
-  readonly #startedAt: number
+  readonly startedAt: number
   readonly #totalEndsAt: number
   /** The earlier of the total timeout and the inbound deadline. */
-  readonly #endsAt: number
+  readonly endsAt: number
   #waitTimer: unknown = null
   #retryAt = 0
-  #callerListener: (() => void) | null = null
+  /** The listener on the caller's signal (caller-signal.ts), while one is set. */
+  callerListener: (() => void) | null = null
   /** The breaker's permit of the attempt waiting for a rate-limit token. */
   #tokenPermit: PermitValue = Permit.Pass
   /** When the budget granted the retry being waited for: given back if it is not made. */
@@ -145,58 +135,32 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     this.method = request.method
     this.path = request.path
     this.finalPath = request.path
-    this.#startedAt = now
+    this.startedAt = now
     this.#totalEndsAt = now + request.totalTimeout
     const deadlineAt = request.deadlineAt
-    this.#endsAt = deadlineAt !== undefined && deadlineAt < this.#totalEndsAt ? deadlineAt : this.#totalEndsAt
+    this.endsAt = deadlineAt !== undefined && deadlineAt < this.#totalEndsAt ? deadlineAt : this.#totalEndsAt
   }
 
-  /** Starts the call and returns its promise. */
+  /** Admits the call (admission.ts) and starts it, or rejects with its refusal. */
   start (): Promise<HttpResponse> {
+    const log = this.log()
+    const signal = this.request.signal
+    const admission = admit(this.host, this.request.deadlineAt, signal, log, this.startedAt)
+    if (isRefusal(admission)) return refuse(this.host, admission, this.method, this.path, signal, log, this.startedAt)
+    return this.run(admission)
+  }
+
+  /** Runs the call admitted with `permit` and returns its promise. */
+  run (permit: PermitValue): Promise<HttpResponse> {
     callBeingStarted = this
     const promise = new Promise<HttpResponse>(captureSettlers)
     callBeingStarted = null
     const host = this.host
-    const now = this.#startedAt
-    if (this.request.deadlineAt !== undefined && this.request.deadlineAt <= now) {
-      // No time left: nothing is sent and neither the breaker nor the budget hears of it.
-      host.counters.requests++
-      host.counters.failures++
-      this.#state = State.Settled
-      host.events.deadlineExceeded({ client: this.clientName, method: this.method, path: this.path, attempts: 0 }, this.#log())
-      this.reject(new TimeoutError(this, 'deadline', 0))
-      return promise
-    }
-    if (!host.limit.tryAcquire()) {
-      host.counters.overloaded++
-      this.#state = State.Settled
-      const limit = host.limit.limit
-      host.events.overloaded(this.clientName, this.method, this.path, limit)
-      this.reject(withoutStack(OverloadedError, this, limit))
-      return promise
-    }
     host.counters.requests++
-    const signal = this.request.signal
-    if (signal?.aborted === true) {
-      this.#settle()
-      this.reject(signal.reason)
-      return promise
-    }
-    let permit: PermitValue = Permit.Pass
-    if (host.breaker !== null) {
-      permit = host.breaker.acquire(now)
-      if (permit === Permit.Denied) {
-        host.counters.shortCircuited++
-        const remainingMs = host.breaker.remainingMs(now)
-        host.events.shortCircuited(this.clientName, this.method, this.path, remainingMs)
-        this.#settle()
-        this.reject(withoutStack(CircuitOpenError, this, remainingMs, host.breaker.openedBy))
-        return promise
-      }
-    }
+    const now = this.startedAt
     // From here on the call goes on from callbacks that are not its caller's.
     this.scope = callerScope()
-    if (signal !== undefined) this.#watchSignal(signal)
+    if (this.request.signal !== undefined) watchSignal(this, this.request.signal)
     if (host.rateLimit !== null && !host.rateLimit.tryTake(now)) {
       this.#awaitToken(permit, now)
       return promise
@@ -214,14 +178,14 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     const replicas = host.replicas
     const upstream = replicas.choose(this.#tried, now)
     if (replicas.upstreams.length > 1) (this.#tried ??= []).push(upstream)
-    let options = this.#optionsFor(upstream, now)
+    let options = attemptOptions(this.request, upstream, now)
     if (this.request.freshBody !== null) {
       try {
         options = this.request.freshBody.options(options)
       } catch (error) {
         // The caller's body function failed or gave what cannot be sent: nothing goes out.
         host.breaker?.record(permit, Verdict.None, now)
-        this.#fail(error)
+        this.fail(error)
         return
       }
     }
@@ -230,47 +194,12 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
       this.attempts++
     }
     const attempt = new Attempt(this, host, upstream, options, ++this.#sent, permit, isHedge, now)
-    let at = now + this.request.timeout
-    if (this.#totalEndsAt <= at) {
-      at = this.#totalEndsAt
-      attempt.timeoutKind = 'total'
-      attempt.timeoutMs = this.request.totalTimeout
-    } else {
-      attempt.timeoutMs = this.request.timeout
-    }
-    const deadlineAt = this.request.deadlineAt
-    if (deadlineAt !== undefined && deadlineAt <= at) {
-      at = deadlineAt
-      attempt.timeoutKind = 'deadline'
-      attempt.timeoutMs = Math.round(deadlineAt - this.#startedAt)
-    }
-    host.timers.add(attempt, at)
-    this.#addRunning(attempt)
-    host.trackAttempt(attempt)
-    upstream.send(attempt)
-    if (this.#state === State.Running) this.#armHedge(now)
-  }
-
-  /** The dispatch options of one attempt: the call's own, unless the attempt carries its own deadline or origin. */
-  #optionsFor (upstream: Upstream, now: number): PreparedRequest['options'] {
-    const options = this.request.options
-    const header = this.request.deadlineHeader
-    // Own connections know their origin; a given dispatcher is told it.
-    const otherOrigin = upstream.given !== null && upstream.origin !== options.origin
-    if (header === undefined && !otherOrigin) return options
-    let headers = options.headers
-    if (header !== undefined) {
-      // Forwarded as the whole ms left when this attempt is sent, at least 1; a default value for it gives way.
-      headers = hasHeader(headers, header) ? withoutHeader(headers, header) : headers.slice()
-      headers.push(header, String(Math.max(1, Math.floor((this.request.deadlineAt as number) - now))))
-    }
-    // Spelled out rather than spread: this runs for every attempt under a deadline.
-    return { origin: upstream.origin, method: options.method, path: options.path, headers, body: options.body }
-  }
-
-  #addRunning (attempt: Attempt): void {
+    host.timers.add(attempt, attemptTimeout(attempt, this.request, this.startedAt, this.#totalEndsAt, now))
     if (this.#running === null) this.#running = attempt
     else (this.#alsoRunning ??= []).push(attempt)
+    host.trackAttempt(attempt)
+    upstream.send(attempt)
+    if (this.#state === State.Running) armHedge(this, now)
   }
 
   #removeRunning (attempt: Attempt): void {
@@ -308,14 +237,14 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     }
     // A settled call has cut its other attempts already: only a running call hears headers.
     const status = attempt.statusCode
-    if (status < 200 || status >= 300 || isRetryStatus(status, this.request.retry)) return false
-    // The hot path: a 2xx answer is judged now and handed out while its body comes.
+    if (status < 200 || status >= 300 || classify(attempt, this, this.request.retry, host) !== SUCCESS) return false
+    // A plain 2xx is recorded now and handed out while its body comes.
     this.#removeRunning(attempt)
     if (this.sink === null) {
-      this.#judge(attempt, Verdict.Success)
+      this.#record(attempt, SUCCESS)
     } else {
       // The commit point: from here a stream is bounded by its own timers, not the attempt's.
-      if (attempt.timerIndex >= 0) this.host.timers.remove(attempt)
+      if (attempt.timerIndex >= 0) host.timers.remove(attempt)
       this.sink.commit(attempt)
     }
     this.#streaming = attempt
@@ -326,10 +255,10 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
   onBodyEnd (attempt: Attempt): void {
     this.host.untrackAttempt(attempt)
     if (this.#streaming === attempt) this.#streaming = null
-    this.#releaseSignal()
+    releaseSignal(this)
     if (this.sink !== null) {
       // A stream's one verdict, at its end: a consumer that stops reading found it working.
-      this.#judge(attempt, attempt.cut === Cut.Caller ? Verdict.Success : this.#verdictOf(attempt))
+      this.#record(attempt, attempt.cut === Cut.Caller ? SUCCESS : classify(attempt, this, this.request.retry, this.host))
       this.host.limit.release()
     }
   }
@@ -338,77 +267,51 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     const host = this.host
     host.untrackAttempt(attempt)
     this.#removeRunning(attempt)
-    const verdict = this.#verdictOf(attempt)
-    this.#judge(attempt, verdict)
+    const outcome = classify(attempt, this, this.request.retry, host)
+    this.#record(attempt, outcome)
     if (this.#state === State.Settled) return
-    const error = attempt.error
-    if (error === undefined) {
-      if (isRetryStatus(attempt.statusCode, this.request.retry)) this.#onTransientFailure(attempt)
-      else if (!this.#followUp(attempt)) this.#win(attempt)
+    if (outcome.transient) {
+      this.#onTransientFailure(attempt, outcome)
       return
     }
-    switch (attempt.cut) {
-      case Cut.Timeout:
-        if (attempt.timeoutKind === 'attempt') this.#onTransientFailure(attempt)
-        else this.#fail(error)
-        return
-      case Cut.None:
-        if (isTransientError(error)) this.#onTransientFailure(attempt)
-        else this.#fail(this.#transportError(error))
-        return
-      case Cut.Loser:
-        // Another attempt's answer is being followed (a redirect, a resend after a 401): the call goes on.
-        return
-      default:
-        this.#fail(error)
-    }
+    // Another attempt's answer is being followed (a redirect, a resend after a 401): the call goes on.
+    if (attempt.cut === Cut.Loser) return
+    if (outcome.error === undefined && this.#followUp(attempt)) return
+    this.#end(attempt, outcome)
   }
 
-  /** The attempt's one verdict on the upstream: nothing for what we cut ourselves. */
-  #verdictOf (attempt: Attempt): VerdictValue {
-    switch (attempt.cut) {
-      case Cut.None:
-        if (attempt.error === undefined) return statusVerdict(attempt.statusCode)
-        return isRequestFault(attempt.error) ? Verdict.None : Verdict.Failure
-      case Cut.Timeout:
-        return attempt.timeoutKind === 'deadline' ? Verdict.None : Verdict.Failure
-      default:
-        return Verdict.None
-    }
-  }
-
-  /** Tells the breaker, the replica set, the adaptive limit and the latency tracker, once per attempt. */
-  #judge (attempt: Attempt, verdict: VerdictValue): void {
+  /**
+   * The one place an attempt's outcome reaches the policies: the breaker,
+   * the replica set, the adaptive limit and the latency tracker, once per
+   * attempt. A breaker transition this causes goes through the call's logger.
+   */
+  #record (attempt: Attempt, outcome: Outcome): void {
     const host = this.host
-    const status = attempt.error === undefined ? attempt.statusCode : 0
+    const verdict = outcome.verdict
     const breaker = host.breaker
     // A plain success needs no clock read: the breaker and the replica set only time failures,
     // unless a ratio rule buckets successes too (then the time of the headers, when read, serves).
     let now = 0
-    if (verdict !== Verdict.Success || status === 429) now = host.clock.now()
+    if (verdict !== Verdict.Success || outcome.opensCircuitMs !== 0) now = host.clock.now()
     else if (breaker !== null && breaker.clocked) now = attempt.headersAt === 0 ? host.clock.now() : attempt.headersAt
     if (attempt.cut === Cut.Loser && attempt.headers === null && !attempt.isHedge) host.latency?.record(now - attempt.startedAt)
-    // Time to headers, or to the failure that came instead: read by the slow-call rule only.
-    breaker?.record(attempt.permit, verdict, now, (attempt.headersAt === 0 ? now : attempt.headersAt) - attempt.startedAt)
-    host.replicas.record(attempt.upstream, verdict, now)
-    if (host.rateLimit !== null && attempt.headers !== null) this.#hearRateLimit(host.rateLimit, attempt)
-    if (verdict === Verdict.None) return
-    if (host.limit.adaptive) host.limit.onAttempt(isDrop(status, attempt.error, attempt.cut === Cut.Timeout))
-    const settings = host.breakerSettings
-    // With a rate limit, a 429's Retry-After pauses the limit instead.
-    if (breaker !== null && settings !== false && settings.openOnRetryAfter && (status === 503 || (status === 429 && host.rateLimit === null))) {
-      const asked = askedWait(this.request.retry, status, attempt.headers?.['retry-after'], this.#wallNow())
-      if (asked !== undefined && asked > 0) {
-        breaker.openFor(Math.min(asked, 10 * settings.recoveryMs), now)
-        this.#openedCircuit = true
-      }
+    if (breaker !== null) {
+      host.breakerLog = this.log()
+      // Time to headers, or to the failure that came instead: read by the slow-call rule only.
+      breaker.record(attempt.permit, verdict, now, (attempt.headersAt === 0 ? now : attempt.headersAt) - attempt.startedAt)
+      if (outcome.opensCircuitMs > 0) breaker.openFor(outcome.opensCircuitMs, now)
+      host.breakerLog = host.log
     }
+    host.replicas.record(attempt.upstream, verdict, now)
+    if (host.rateLimit !== null && attempt.headers !== null) this.#hearRateLimit(host.rateLimit, attempt, outcome)
+    if (verdict !== Verdict.None && host.limit.adaptive) host.limit.onAttempt(outcome.dropped)
   }
 
-  // --- retries and hedges ---
+  // --- retries ---
 
-  #onTransientFailure (attempt: Attempt): void {
+  #onTransientFailure (attempt: Attempt, outcome: Outcome): void {
     this.#lastFailure = attempt
+    this.#lastOutcome = outcome
     // Another attempt of this call is still out: it may yet answer.
     if (this.#running !== null) return
     const host = this.host
@@ -422,26 +325,24 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
       return
     }
     const now = host.clock.now()
+    const request = this.request
+    host.breakerLog = this.log()
     const decision = nextRetry({
       retry,
-      method: this.request.method,
-      hasIdempotencyKey: this.request.hasIdempotencyKey,
-      replayable: this.request.replayable,
+      method: request.method,
+      hasIdempotencyKey: request.hasIdempotencyKey,
+      replayable: request.replayable,
       attempts: this.#tries,
-      statusCode: attempt.error === undefined ? attempt.statusCode : 0,
-      retryAfter: attempt.headers?.['retry-after'],
-      error: attempt.error,
-      endsAt: this.#endsAt,
-      openedByThisAnswer: this.#openedCircuit
-    }, host, now, this.#wallNow())
-    this.#openedCircuit = false
+      endsAt: this.endsAt
+    }, outcome, host, now)
+    host.breakerLog = host.log
     this.#retryGrantedAt = now
     if (typeof decision !== 'number') {
       if (decision === 'budget') host.counters.retriesDenied++
       this.#endWithLastFailure(decision)
       return
     }
-    host.events.retry({ client: this.clientName, method: this.method, path: this.path, attempt: this.#tries, reason: describeFailure(attempt), waitMs: decision }, this.#log())
+    host.events.retry({ client: this.clientName, method: this.method, path: this.path, attempt: this.#tries, reason: describeFailure(attempt), waitMs: decision }, this.log())
     this.#state = State.Waiting
     if (this.timerIndex >= 0) host.timers.remove(this)
     this.#retryAt = now + decision
@@ -462,7 +363,9 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     const now = Math.max(host.clock.now(), this.#retryAt)
     let permit: PermitValue = Permit.Pass
     if (host.breaker !== null) {
+      host.breakerLog = this.log()
       permit = host.breaker.acquire(now)
+      host.breakerLog = host.log
       if (permit === Permit.Denied) {
         this.#endWithLastFailure('circuit')
         return
@@ -478,46 +381,25 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
 
   /** Cuts a wait between attempts (close, or the caller's abort). */
   cancelWait (error: unknown): void {
-    this.#fail(error)
+    this.fail(error)
   }
 
-  #armHedge (now: number): void {
-    const hedge = this.request.hedge
-    if (hedge === false || this.timerIndex >= 0 || this.#hedgesSent >= hedge.maxHedges || !this.request.replayable) return
-    // A call's own 'auto' on a client that does not hedge by 'auto' starts the client's sampling.
-    const delay = hedge.delayMs === 'auto' ? (this.host.latency ??= new LatencyTracker()).p95 : hedge.delayMs
-    if (delay === Infinity) return
-    const at = now + delay
-    if (at < this.#endsAt) this.host.timers.add(this, at)
+  // --- hedges (hedge.ts decides) ---
+
+  get awaitingAnswer (): boolean {
+    return this.#state === State.Running && this.#running !== null
   }
 
-  /** The hedge delay passed without an answer: the hedge goes out once the sockets have been read. */
   onTimer (): void {
-    if (this.#state === State.Running && this.#running !== null) hedgeAfterPoll(this)
+    hedgeDue(this)
   }
 
-  /** Sends the hedge, unless the call was answered (or ended) in the meantime. */
   sendHedge (): void {
     // Due hedges of all calls go out from one callback: each in its own call's context.
-    this.scope.runInAsyncScope(this.#sendHedge, this)
+    this.scope.runInAsyncScope(sendHedge, null, this)
   }
 
-  #sendHedge (): void {
-    const host = this.host
-    if (this.#state !== State.Running || this.#running === null || host.draining || host.closed) return
-    const now = host.clock.now()
-    // Armed only before the call's end (#armHedge) and sent in the same turn of the event loop: a hedge is cut with its call.
-    if (host.breaker !== null && host.breaker.state(now) !== 'closed') return
-    if (host.budget !== null && !host.budget.tryAcquire(now)) return
-    // A hedge is for a slow answer now: it never waits in line for a token.
-    if (host.rateLimit !== null && !host.rateLimit.tryTake(now)) {
-      host.budget?.refund(now, now)
-      return
-    }
-    this.#hedgesSent++
-    host.counters.hedges++
-    const delayMs = Math.round(now - this.#startedAt)
-    host.events.hedge({ client: this.clientName, method: this.method, path: this.path, attempt: this.attempts + 1, delayMs }, this.#log())
+  sendHedgeAttempt (now: number): void {
     this.#send(Permit.Pass, true, now)
   }
 
@@ -565,7 +447,7 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
       this.request = withToken(this.request, use.source, token, true)
       this.#send(permit, false, now, true)
     }, (error: unknown) => {
-      this.#fail(new AuthenticationError({ clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts, cause: error }))
+      this.fail(new AuthenticationError({ clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts, cause: error }))
     })
   }
 
@@ -576,7 +458,12 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
    */
   #followUpPermit (now: number): PermitValue {
     const host = this.host
-    const permit = host.breaker === null ? Permit.Pass : host.breaker.acquire(now)
+    let permit: PermitValue = Permit.Pass
+    if (host.breaker !== null) {
+      host.breakerLog = this.log()
+      permit = host.breaker.acquire(now)
+      host.breakerLog = host.log
+    }
     if (permit === Permit.Denied || host.rateLimit === null || host.rateLimit.tryTake(now)) return permit
     host.breaker?.record(permit, Verdict.None, now)
     return Permit.Denied
@@ -600,30 +487,26 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     this.resolve(new HttpResponse(attempt, this))
   }
 
+  /** The call ends on this attempt: with its response, or with the error its outcome names. */
+  #end (attempt: Attempt, outcome: Outcome): void {
+    if (outcome.error === undefined) this.#win(attempt)
+    else this.fail(outcome.error)
+  }
+
   #endWithLastFailure (skipped: RetrySkipReason | null): void {
     const failure = this.#lastFailure as Attempt
     if (skipped !== null) {
-      this.host.events.retrySkipped({ client: this.clientName, method: this.method, path: this.path, attempt: this.#tries, reason: describeFailure(failure), skipped }, this.#log())
+      this.host.events.retrySkipped({ client: this.clientName, method: this.method, path: this.path, attempt: this.#tries, reason: describeFailure(failure), skipped }, this.log())
     }
-    if (failure.error === undefined) {
-      this.#win(failure)
-      return
-    }
-    this.#fail(failure.error instanceof HttpClientError ? failure.error : this.#transportError(failure.error))
+    this.#end(failure, this.#lastOutcome)
   }
 
-  #transportError (error: unknown): HttpClientError {
-    const details = { clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts, cause: error }
-    if (isRequestFault(error)) return new InvalidRequestError(details, (error as Error).message)
-    return new UpstreamError(details)
-  }
-
-  #fail (error: unknown, cut: CutValue = Cut.Loser): void {
+  fail (error: unknown, cut: CutValue = Cut.Loser): void {
     if (this.#state === State.Settled) return
     const host = this.host
     if (error instanceof UpstreamError || error instanceof TimeoutError) host.counters.failures++
     if (error instanceof TimeoutError && error.kind === 'deadline') {
-      host.events.deadlineExceeded({ client: this.clientName, method: this.method, path: this.path, attempts: this.attempts }, this.#log())
+      host.events.deadlineExceeded({ client: this.clientName, method: this.method, path: this.path, attempts: this.attempts }, this.log())
     }
     this.#settle()
     this.#cancelRunning(cut, error)
@@ -650,13 +533,19 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     // A committed stream holds its place until its body ends.
     if (this.sink === null || this.#streaming === null) host.limit.release()
     this.#lastFailure = null
-    if (this.#streaming === null) this.#releaseSignal()
+    if (this.#streaming === null) releaseSignal(this)
+  }
+
+  /** The caller's signal aborted: the call ends with its reason, or the body handed out is cut. */
+  onCallerAbort (reason: unknown): void {
+    if (this.#state !== State.Settled) this.fail(reason, Cut.Caller)
+    else this.#streaming?.cancel(Cut.Caller, reason)
   }
 
   /** After close's grace period: cut what is still running, bodies included. */
   destroy (): void {
     const error = new ClientClosedError(this)
-    if (this.#state !== State.Settled) this.#fail(error, Cut.Closed)
+    if (this.#state !== State.Settled) this.fail(error, Cut.Closed)
     this.#streaming?.cancel(Cut.Closed, error)
   }
 
@@ -667,7 +556,7 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     const host = this.host
     this.#tokenPermit = permit
     // From close on, nothing waits.
-    const retryAfterMs = host.draining ? -1 : (host.rateLimit as RateLimiter).wait(this, now, this.#endsAt)
+    const retryAfterMs = host.draining ? -1 : (host.rateLimit as RateLimiter).wait(this, now, this.endsAt)
     if (retryAfterMs === 0) {
       if (!this.#waitedForToken) host.counters.rateLimitWaits++
       this.#waitedForToken = true
@@ -707,13 +596,13 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     const host = this.host
     this.#giveBack(now)
     if (retryAfterMs < 0) {
-      this.#fail(new ClientClosedError(this))
+      this.fail(new ClientClosedError(this))
     } else if (this.attempts > 0) {
       this.#endWithLastFailure('rate-limited')
     } else {
       host.counters.rateLimited++
-      host.events.rateLimited({ client: this.clientName, method: this.method, path: this.path, retryAfterMs }, this.#log())
-      this.#fail(withoutStack(RateLimitedError, this, retryAfterMs))
+      host.events.rateLimited({ client: this.clientName, method: this.method, path: this.path, retryAfterMs }, this.log())
+      this.fail(withoutStack(RateLimitedError, this, retryAfterMs))
     }
   }
 
@@ -723,46 +612,23 @@ export class Call implements AttemptOwner, TimedEntry, TokenWaiter {
     if (this.attempts > 0) this.host.budget?.refund(this.#retryGrantedAt, now)
   }
 
-  /** The upstream's word on its rate limit pauses the client's, unless the call chose not to trust it. */
-  #hearRateLimit (limiter: RateLimiter, attempt: Attempt): void {
+  /**
+   * The upstream's word on its rate limit pauses the client's, unless the
+   * call chose not to trust it. A 429's `Retry-After` is the one its outcome read.
+   */
+  #hearRateLimit (limiter: RateLimiter, attempt: Attempt, outcome: Outcome): void {
     const retry = this.request.retry
     if (retry !== false && !retry.respectRetryAfter) return
-    const asked = askedPause(attempt.statusCode, attempt.headers as NonNullable<Attempt['headers']>, this.#wallNow())
-    if (asked === null || !limiter.pause(asked.ms, this.host.clock.now())) return
-    this.host.events.rateLimitPaused({ client: this.clientName, pausedMs: Math.round(asked.ms), reason: asked.reason }, this.#log())
+    const clock = this.host.clock
+    const asked = askedPause(attempt.statusCode === 429 ? outcome.askedWaitMs : undefined, attempt.headers as NonNullable<Attempt['headers']>, clock.wallNow === undefined ? clock.now() : clock.wallNow())
+    if (asked === null || !limiter.pause(asked.ms, clock.now())) return
+    this.host.events.rateLimitPaused({ client: this.clientName, pausedMs: Math.round(asked.ms), reason: asked.reason }, this.log())
   }
 
-  // --- the caller's signal ---
-
-  #watchSignal (signal: AbortSignal): void {
-    this.#callerListener = () => {
-      const reason = signal.reason
-      if (this.#state !== State.Settled) this.#fail(reason, Cut.Caller)
-      else this.#streaming?.cancel(Cut.Caller, reason)
-    }
-    signal.addEventListener('abort', this.#callerListener)
-  }
-
-  #releaseSignal (): void {
-    if (this.#callerListener === null) return
-    this.request.signal?.removeEventListener('abort', this.#callerListener)
-    this.#callerListener = null
-  }
-
-  #log (): Logger {
+  /** The logger of what the call does: its request's, else the client's. */
+  log (): Logger {
     return this.request.inbound?.log ?? this.host.log
   }
-
-  #wallNow (): number {
-    const clock = this.host.clock
-    return clock.wallNow === undefined ? clock.now() : clock.wallNow()
-  }
-}
-
-/** undici refused the request as given (a bad header, a body of the wrong length): not the upstream's fault. */
-function isRequestFault (error: unknown): boolean {
-  const code = errorCode(error)
-  return code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED' || code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH'
 }
 
 /** A losing hedge is aborted, not failed: tracers record an AbortError as no error. */
@@ -773,13 +639,4 @@ function loserReason (): Error {
   const reason = new DOMException('another attempt of the call answered first', 'AbortError')
   Error.stackTraceLimit = limit
   return reason
-}
-
-/** Refusals come fast and in bulk (open circuit, overload): skip the stack trace. */
-export function withoutStack<E, X> (ErrorClass: new (details: CallDetails, figure: number, extra?: X) => E, details: CallDetails, figure: number, extra?: X): E {
-  const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 0
-  const error = new ErrorClass(details, figure, extra)
-  Error.stackTraceLimit = limit
-  return error
 }

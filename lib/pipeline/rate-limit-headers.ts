@@ -1,5 +1,4 @@
 import type { IncomingHttpHeaders } from 'node:http'
-import { retryAfterDelay } from './backoff'
 import type { PauseReason } from '../policies/rate-limit'
 
 /**
@@ -22,13 +21,12 @@ export interface AskedPause {
 
 /**
  * The pause the answer asks every caller for, or `null` when it asks none.
- * A plain answer costs three header lookups and allocates nothing.
+ * `retryAfterMs` is what a 429's `Retry-After` asks for, as the attempt's
+ * outcome read it (outcome.ts). A plain answer costs two header lookups and
+ * allocates nothing.
  */
-export function askedPause (statusCode: number, headers: IncomingHttpHeaders, wallNow: number): AskedPause | null {
-  if (statusCode === 429) {
-    const asked = retryAfterDelay(headers['retry-after'], wallNow)
-    if (asked !== undefined && asked > 0) return { ms: asked, reason: 'retry-after' }
-  }
+export function askedPause (retryAfterMs: number | undefined, headers: IncomingHttpHeaders, wallNow: number): AskedPause | null {
+  if (retryAfterMs !== undefined && retryAfterMs > 0) return { ms: retryAfterMs, reason: 'retry-after' }
   const draft = headers.ratelimit
   if (draft !== undefined) {
     const ms = draftPauseMs(Array.isArray(draft) ? draft.join(',') : draft)
