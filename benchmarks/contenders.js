@@ -109,6 +109,38 @@ function dispatchGet (p, options) {
   })
 }
 
+/**
+ * The bodies phase: a Stripe-style form and a small multipart upload (a field
+ * and a 4 KiB file), the same values for our client and for undici; each call
+ * encodes its body again, as a service does with each request's data. undici's
+ * own FormData on both sides: undici 7's request() refuses Node's global one.
+ */
+const FORM = { amount: 2000, currency: 'usd', description: 'Order 6735', 'metadata[order]': '6735', 'expand[]': ['customer', 'invoice'] }
+function multipartForm () {
+  const { FormData } = require('undici')
+  const form = new FormData()
+  form.append('title', 'Quarterly report')
+  form.append('file', new File(['x'.repeat(4096)], 'report.txt', { type: 'text/plain' }))
+  return form
+}
+
+/** FORM as undici's request() is given it: encoded by URLSearchParams, arrays repeating their key. */
+function encodedForm () {
+  const params = new URLSearchParams()
+  for (const [key, value] of Object.entries(FORM)) {
+    for (const item of Array.isArray(value) ? value : [value]) params.append(key, String(item))
+  }
+  return params.toString()
+}
+
+/** Pool.request with a body, reading the answer as JSON. */
+async function poolPost (p, options) {
+  const { statusCode, body } = await p.request(options)
+  const value = await body.json()
+  if (statusCode >= 500) throw new Error(`upstream answered ${statusCode}`)
+  return value
+}
+
 const contenders = {
   async ours (origin, settings) {
     return oursOn(origin, settings, '/')
@@ -195,6 +227,31 @@ const contenders = {
   async undici (origin, settings) {
     const p = pool(origin, settings)
     return { call: () => poolGet(p), close: () => p.close() }
+  },
+
+  async 'ours form' (origin, settings) {
+    const contender = oursOn(origin, settings, '/')
+    contender.call = async () => (await contender.client.post('/', { form: FORM })).json()
+    return contender
+  },
+
+  async 'undici form' (origin, settings) {
+    const p = pool(origin, settings)
+    const headers = { 'content-type': 'application/x-www-form-urlencoded' }
+    return { call: () => poolPost(p, { method: 'POST', path: '/', headers, body: encodedForm() }), close: () => p.close() }
+  },
+
+  async 'ours multipart' (origin, settings) {
+    const contender = oursOn(origin, settings, '/')
+    const form = multipartForm()
+    contender.call = async () => (await contender.client.post('/', { body: form })).json()
+    return contender
+  },
+
+  async 'undici multipart' (origin, settings) {
+    const p = pool(origin, settings)
+    const form = multipartForm()
+    return { call: () => poolPost(p, { method: 'POST', path: '/', body: form }), close: () => p.close() }
   },
 
   async 'undici RetryAgent' (origin, settings) {

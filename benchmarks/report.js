@@ -339,7 +339,36 @@ function targetRows (results) {
     const step = Math.max(...b.latencyStep.map((row) => row.openedMs.max ?? Infinity))
     add(`8. slow-call rule: opens within one window (${window / 1000} s) of a 50 ms → 2 s step`, `≤ ${window / 1000} s`, Number.isFinite(step) ? step : NaN, `slowest ${seconds(step)}`, '', step <= window)
   }
+  const bodies = results.bodies
+  if (bodies?.rounds !== undefined) {
+    for (const [ours, theirs] of BODY_PAIRS) {
+      const value = ratioOf(bodies, ours, theirs, 'rps')
+      add(`10. ${ours} vs ${theirs} request() (wall clock)`, '≥ 0.95×', value, `${fixed(value)}×`, '', value >= 0.95)
+    }
+  }
   return rows
+}
+
+/** Our form and multipart calls against undici request() with the same body, pair by pair. */
+const BODY_PAIRS = [['ours form', 'undici form'], ['ours multipart', 'undici multipart']]
+
+function bodiesSection (phase, plan) {
+  const lines = ['## 10. Request bodies: form and multipart', '']
+  lines.push(`Concurrency ${plan.concurrency}; every pool 128 connections, pipelining 1; POST / with a body, the small JSON answer read as JSON.`)
+  lines.push('"form": a Stripe-style form of five keys, one an array (`form: {...}` for ours; `URLSearchParams` text and its content type for undici `Pool.request()`);')
+  lines.push('"multipart": a field and a 4 KiB file in one undici `FormData` (undici 7\'s `request()` refuses Node\'s global one), encoded per call by form-data-encoder for ours and by undici for undici.')
+  lines.push(roundsLine(phase, plan), '')
+  lines.push(CPU_NOTE, '')
+  lines.push('| contender | req/s | p50 ms | p99 ms | req/s vs undici | per CPU-s vs undici | client CPU µs/call | client CPU % | upstream CPU % | errors |')
+  lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+  for (const [ours, theirs] of BODY_PAIRS) {
+    for (const name of [ours, theirs]) {
+      const base = name === ours ? theirs : name
+      lines.push(`| ${name} | ${int(medianOf(phase, name, 'rps'))} | ${fixed(medianOf(phase, name, 'p50'))} | ${fixed(medianOf(phase, name, 'p99'))} | ${fixed(ratioOf(phase, name, base, 'rps'))} | ${fixed(ratioOf(phase, name, base, 'callsPerCpuSecond'))} | ${fixed(medianOf(phase, name, 'cpuUsPerCall'), 1)} | ${int(medianOf(phase, name, 'cpuPercent'))} | ${int(medianOf(phase, name, 'upstreamCpuPercent'))} | ${sum(resultsOf(phase, name), 'errors')} |`)
+    }
+  }
+  lines.push('', upstreamBoundNote(phase, BODY_PAIRS.flat()), ...failedLine(phase), '')
+  return lines
 }
 
 const SECTIONS = {
@@ -351,7 +380,8 @@ const SECTIONS = {
   overload: overloadSection,
   otel: otelSection,
   breaker: breakerSection,
-  streaming: streamingSection
+  streaming: streamingSection,
+  bodies: bodiesSection
 }
 
 function report (results, plan, about) {

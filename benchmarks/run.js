@@ -3,7 +3,7 @@
 // npm run bench                  the full run (about 6 minutes, each phase bounded)
 // BENCH_QUICK=1 npm run bench    a smoke run of about 2 minutes, not for comparison
 // BENCH_ONLY=hedging,overload    only these phases (client, e2e, failFast, memory,
-//                                hedging, overload, otel, breaker, streaming); printed, not written
+//                                hedging, overload, otel, breaker, streaming, bodies); printed, not written
 // BENCH_PEERS=1                  also got, axios, undici fetch and RetryAgent,
 //                                cockatiel and opossum in the throughput phase
 // Prints one markdown report and writes it to benchmarks/results/latest-node<major>.md,
@@ -32,6 +32,7 @@ const FAIL_FAST = ['ours', 'ours A/A', 'cockatiel', 'opossum', 'Promise.reject (
 const HEDGING = ['tail, no hedging', 'tail, no hedging A/A', 'tail, hedge auto']
 const OVERLOAD = ['overload, unprotected', 'overload, adaptive']
 const OTEL = ['otel counter off', 'otel counter off A/A', 'otel counter on']
+const BODIES = ['ours form', 'undici form', 'ours multipart', 'undici multipart']
 const STREAMING = ['ours ndjson', 'undici request + split2', 'ours events', 'undici request + eventsource-parser']
 
 // Each phase has a time budget; a phase that runs out of it does fewer rounds
@@ -48,6 +49,8 @@ const PLAN = {
   hedging: { rounds: QUICK ? 1 : 3, warmupMs: 1_000, durationMs: 3_000 * scale, budgetMs: 55_000 * scale, concurrency: 64 },
   overload: { rounds: QUICK ? 1 : 3, warmupMs: 1_500, durationMs: 3_000 * scale, budgetMs: 40_000 * scale, concurrency: 200, pauseAfterErrorMs: 20 },
   otel: { generations: QUICK ? 1 : 3, cycles: QUICK ? 6 : 10, sliceMs: 400, warmupMs: 2_000, concurrency: 64 },
+  // A form and a multipart upload per call, against undici request() with the same body; sliced as the client phase.
+  bodies: { generations: QUICK ? 1 : 3, cycles: QUICK ? 6 : 10, sliceMs: 400, warmupMs: 2_000, concurrency: 64 },
   // A simulated clock: runs of each rule and rate (seeds), and hours of traffic at 5 % failures.
   breaker: { seeds: QUICK ? 5 : 25, hours: QUICK ? 1 : 10 },
   // Streams of 16 MB read back to back for durationMs per contender and round; then one slow consumer over `mb` MB.
@@ -188,6 +191,7 @@ const PHASES = {
   hedging: (upstream) => loadPhase('hedging', HEDGING, PLAN.hedging, upstream, { cdf: true }),
   overload: (upstream) => loadPhase('overload', OVERLOAD, PLAN.overload, upstream, { pauseAfterErrorMs: PLAN.overload.pauseAfterErrorMs, maxErrors: 1e12 }),
   otel: (upstream) => slicedPhase('otel', OTEL, PLAN.otel, upstream),
+  bodies: (upstream) => slicedPhase('bodies', BODIES, PLAN.bodies, upstream),
   streaming: async () => {
     const plan = PLAN.streaming
     const { child, message } = await startChild('streaming-upstream.js', [], { cpu: SERVER_CPU })
