@@ -288,3 +288,13 @@ test('auth options are validated with their dotted path', async (t) => {
     t.match(error.message, message)
   }
 })
+
+test('a call waiting for the first token is refused once the client has closed', async (t) => {
+  let release: (token: string) => void = () => {}
+  const { upstream, client } = await setup(t, echo, { auth: { token: () => new Promise<string>((resolve) => { release = resolve }) } })
+  const pending = rejection(client.get('/a'))
+  await client.close()
+  release('late')
+  t.type(await pending, ClientClosedError)
+  t.equal(upstream.hits.length, 0)
+})

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Dispatcher } from 'undici'
 import type { TokenSource, TokenUse } from './auth'
-import { encodeForm, FORM_CONTENT_TYPE, FreshBody, type MadeBody, makeBody, withBodyHeaders } from './body'
+import { encodeForm, FORM_CONTENT_TYPE, FreshBody, makeBody, withBodyHeaders } from './body'
 import { InvalidRequestError } from '../errors'
 import { type HeaderList, hasHeader, mergeHeaderLists, toHeaderList, withoutHeader } from '../headers'
 import { DEFAULT_RETRY, MAX_REDIRECTS, type ResolvedClientOptions, type ResolvedHedge, type ResolvedRetry, resolveHedge, resolveRetry } from '../options/resolve'
@@ -119,24 +119,26 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
   let freshBody: FreshBody | null = null
   const bodyOption = options.json !== undefined ? 'json' : options.form !== undefined ? 'form' : options.body !== undefined ? 'body' : undefined
   if (bodyOption !== undefined) {
-    const given = BODY_OPTIONS.filter((name) => options[name] !== undefined)
-    if (given.length > 1) fail(given.join(' and '), 'cannot be used together: give at most one of json, form and body')
-    if (method === 'GET' || method === 'HEAD') fail(bodyOption, `cannot be sent with ${method}`)
-    let made: MadeBody | null
-    if (bodyOption === 'json') {
-      made = { body: jsonText(options.json, fail), contentType: JSON_CONTENT_TYPE, contentLength: undefined, replayable: true }
-    } else if (bodyOption === 'form') {
-      made = { body: encodeForm(options.form, 'form', fail), contentType: FORM_CONTENT_TYPE, contentLength: undefined, replayable: true }
-    } else {
-      made = makeBody(options.body, 'body', fail, true)
+    if ((options.form !== undefined ? 1 : 0) + (options.body !== undefined ? 1 : 0) + (bodyOption === 'json' ? 1 : 0) > 1) {
+      fail(BODY_OPTIONS.filter((name) => options[name] !== undefined).join(' and '), 'cannot be used together: give at most one of json, form and body')
     }
+    if (method === 'GET' || method === 'HEAD') fail(bodyOption, `cannot be sent with ${method}`)
     const setContentType = !hasHeader(headers, 'content-type')
-    if (made === null) {
-      freshBody = new FreshBody(options.body as FormData | (() => unknown), setContentType, { clientName: settings.name, method, path })
+    if (bodyOption === 'json') {
+      // The common case, without a MadeBody.
+      body = jsonText(options.json, fail)
+      if (setContentType) headers = [...headers, 'content-type', JSON_CONTENT_TYPE]
     } else {
-      body = made.body
-      replayable = made.replayable
-      headers = withBodyHeaders(headers, made, setContentType)
+      const made = bodyOption === 'form'
+        ? { body: encodeForm(options.form, 'form', fail), contentType: FORM_CONTENT_TYPE, contentLength: undefined, replayable: true }
+        : makeBody(options.body, 'body', fail, true)
+      if (made === null) {
+        freshBody = new FreshBody(options.body as FormData | (() => unknown), setContentType, { clientName: settings.name, method, path })
+      } else {
+        body = made.body
+        replayable = made.replayable
+        headers = withBodyHeaders(headers, made, setContentType)
+      }
     }
   }
 

@@ -4,7 +4,7 @@ import { Readable } from 'node:stream'
 import { Agent, MockAgent } from 'undici'
 import resilientHttp, {
   createHttpClient, requestIdGenerator, resilientHttp as named,
-  CircuitOpenError, HttpClientError, TimeoutError, InvalidOptionsError, HttpStatusError, OverloadedError,
+  AuthenticationError, CircuitOpenError, HttpClientError, TimeoutError, InvalidOptionsError, HttpStatusError, OverloadedError,
   type HttpClient, type HttpResponse, type ClientStats, type PluginOptions, type ClientOptions, type CallOptions,
   type TimeoutKind, currentDeadline, resendCountSpanHook, type ReplicaStats, type HedgeEvent,
   type CircuitCause, type CircuitEvent, type CircuitOpenedBy,
@@ -195,7 +195,13 @@ test('bodies: form, FormData, Blob, streams and body functions; wrong types fail
   expect<CallOptions>().type.toBeAssignableFrom({ followRedirects: 3 })
 })
 
-test('auth and followRedirects options', () => {
+test('auth and followRedirects options', async () => {
+  const client = createHttpClient({ name: 'api', baseUrl: 'http://a:1', followRedirects: 2, auth: { bearer: 't' } })
+  const res = await client.get('/x')
+  expect(res.redirects).type.toBe<number>()
+  expect(res.path).type.toBe<string>()
+  expect(client.stats().redirects).type.toBe<number>()
+  expect(new AuthenticationError({ clientName: 'api' }).code).type.toBe<string>()
   expect<ClientOptions>().type.toBeAssignableFrom({ auth: { bearer: 'token' }, followRedirects: 5 })
   expect<ClientOptions>().type.toBeAssignableFrom({ auth: { username: 'ana', password: 'pässword' } })
   expect<ClientOptions>().type.toBeAssignableFrom({ auth: { token: () => 'token' } })
