@@ -300,6 +300,49 @@ test("the caller's abort while a reconnect is opening ends the stream with its r
   t.equal(error, reason)
 })
 
+test('resume with retries off waits the default backoff; maxDuration is no reason to resume', async (t) => {
+  const upstream = await upstreamFor(t, eventServer(async (index, from, res) => {
+    openEvents(res)
+    sendEvents(res, from, 1)
+    if (index === 0) {
+      await sleep(20)
+      res.socket?.destroy()
+    } else if (index === 1) {
+      res.end()
+    }
+  }) as never)
+  const client = createHttpClient({ name: 'noretry', baseUrl: upstream.url, retry: false })
+  t.teardown(() => client.close())
+  const { items, error } = await drain((await client.stream('/', { resume: true })).events())
+  t.equal(error, null)
+  t.same(items.map((event) => event.id), ['1', '2'])
+  const bounded = await drain((await client.stream('/', { resume: true, maxDuration: 150 })).events())
+  t.ok(bounded.error instanceof TimeoutError)
+  t.equal((bounded.error as TimeoutError).kind, 'total')
+  t.equal(upstream.hits.length, 3, 'no reconnect after maxDuration')
+})
+
+test('closing while a reconnect is opening ends the stream cleanly', async (t) => {
+  const upstream = await upstreamFor(t, eventServer(async (index, from, res) => {
+    if (index === 1) await sleep(1_000)
+    openEvents(res)
+    sendEvents(res, from, 1)
+    await sleep(20)
+    res.socket?.destroy()
+  }) as never)
+  const client = createHttpClient({ name: 'closeopen', baseUrl: upstream.url, retry: FAST_RETRY })
+  t.teardown(() => client.close())
+  const stream = await client.stream('/', { resume: true })
+  const reading = drain(stream.events())
+  for (let i = 0; i < 100 && upstream.hits.length < 2; i++) await sleep(20)
+  stream.close()
+  const { items, error } = await reading
+  t.equal(error, null)
+  t.equal(items.length, 1)
+  t.equal(client.stats().streams, 0)
+  t.equal(client.stats().inFlight, 0)
+})
+
 test('a stream with resume still fails at once on an idle timeout without an id', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => {
     openEvents(res)

@@ -475,3 +475,43 @@ test('a bad record while the stream is open ends it at once and frees its connec
 test('HttpStream cannot be constructed', async (t) => {
   t.throws(() => new (HttpStream as unknown as new (key: symbol) => unknown)(Symbol('open')), TypeError)
 })
+
+test('time the consumer keeps the upstream paused is not silence; body pauses too', async (t) => {
+  const upstream = await upstreamFor(t, (_req, res) => {
+    res.writeHead(200)
+    const line = `${'q'.repeat(1023)}\n`
+    let left = 8 * 1024
+    const pump = (): void => {
+      while (left > 0) {
+        left--
+        if (!res.write(line)) {
+          res.once('drain', pump)
+          return
+        }
+      }
+      res.end()
+    }
+    pump()
+  })
+  const client = createHttpClient({ name: 'paused', baseUrl: upstream.url, idleTimeout: 100 })
+  t.teardown(() => client.close())
+  const stream = await client.stream('/')
+  const iterator = stream.lines()
+  await iterator.next()
+  await sleep(400)
+  let count = 1
+  for (;;) {
+    const { done } = await iterator.next()
+    if (done === true) break
+    count++
+  }
+  t.equal(count, 8 * 1024, 'no idle timeout while paused by its reader')
+
+  const bytes = await client.stream('/')
+  let read = 0
+  for await (const chunk of bytes.body) {
+    read += (chunk as Buffer).length
+    if (read < 256 * 1024) await sleep(1)
+  }
+  t.equal(read, 8 * 1024 * 1024, 'body: every byte, read slowly')
+})

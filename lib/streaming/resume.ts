@@ -70,8 +70,8 @@ export class Reconnection implements Reconnector {
     this.#schedule()
   }
 
+  /** Called once, when the stream ends for good. */
   stop (): void {
-    if (this.#stopped) return
     this.#stopped = true
     this.#clearWait()
     this.#controller?.abort(closedReason())
