@@ -56,7 +56,6 @@ function withInboundHeaders (headers: HeaderList, inbound: InboundContext | unde
   return mergeHeaderLists(headers, settings.propagateRequestId ? inbound.withRequestId : inbound.propagatedOnly)
 }
 
-/** The header to forward the ms left on: none when the request has no deadline (there is nothing to forward). */
 /** The header to forward the deadline on, unless the call's own headers (not the defaults) set it. */
 function deadlineHeaderFor (inbound: InboundContext | undefined, headers: HeaderList): string | undefined {
   const header = inbound?.deadlineHeader
@@ -67,7 +66,7 @@ function deadlineHeaderFor (inbound: InboundContext | undefined, headers: Header
  * Turns a call's arguments into a `PreparedRequest`, or throws
  * `InvalidRequestError` naming what cannot be sent. A call without options
  * takes the client's settings as they are: only its path and the inbound
- * context are looked at.
+ * context are looked at. The result is built in one place for both.
  */
 export function prepareRequest (settings: ResolvedClientOptions, method: string, path: string, options: CallOptions | undefined, inbound: InboundContext | undefined, isRequest: boolean): PreparedRequest {
   const fail: Fail = (option, reason) => {
@@ -80,92 +79,82 @@ export function prepareRequest (settings: ResolvedClientOptions, method: string,
     // sendablePath() throws only a PathRefusal, whose message says why.
     throw new InvalidRequestError({ clientName: settings.name, method, path: String(path) }, (error as Error).message)
   }
-  if (options === undefined) {
-    const headers = withInboundHeaders(settings.defaultHeaders, inbound, settings)
-    return {
-      method,
-      path,
-      options: { origin: settings.origins[0], method, path: sendPath, headers, body: undefined },
-      replayable: true,
-      freshBody: null,
-      followRedirects: settings.followRedirects,
-      tokenUse: null,
-      hasIdempotencyKey: false,
-      retry: settings.retry,
-      hedge: HEDGED_METHODS.has(method) ? settings.hedge : false,
-      timeout: settings.timeout,
-      totalTimeout: settings.totalTimeout,
-      signal: undefined,
-      inbound,
-      deadlineAt: inbound?.deadlineAt,
-      deadlineHeader: deadlineHeaderFor(inbound, NO_HEADERS)
-    }
-  }
-  if (typeof options !== 'object' || options === null) fail('options', `must be an object, got ${describe(options)}`)
-  checkKeys(options, isRequest ? REQUEST_OPTIONS : CALL_OPTIONS, '', (option) => fail(option, `is not a call option (expected one of ${CALL_OPTIONS.join(', ')})`))
-
-  if (options.query !== undefined) {
-    if (typeof options.query !== 'object' || options.query === null) fail('query', `must be an object, got ${describe(options.query)}`)
-    const query = queryString(options.query)
-    if (query !== '') sendPath += sendPath.includes('?') ? `&${query.slice(1)}` : query
-  }
-
   let headers = settings.defaultHeaders
-  const ownHeaders = options.headers === undefined ? NO_HEADERS : toHeaderList(options.headers, 'headers', fail)
-  if (ownHeaders.length > 0) headers = mergeHeaderLists(ownHeaders, headers)
-
+  let ownHeaders = NO_HEADERS
   let body: Dispatcher.DispatchOptions['body']
   let replayable = true
   let freshBody: FreshBody | null = null
-  const bodyOption = options.json !== undefined ? 'json' : options.form !== undefined ? 'form' : options.body !== undefined ? 'body' : undefined
-  if (bodyOption !== undefined) {
-    if ((options.form !== undefined ? 1 : 0) + (options.body !== undefined ? 1 : 0) + (bodyOption === 'json' ? 1 : 0) > 1) {
-      fail(BODY_OPTIONS.filter((name) => options[name] !== undefined).join(' and '), 'cannot be used together: give at most one of json, form and body')
+  let followRedirects = settings.followRedirects
+  let retry = settings.retry
+  let hedge = HEDGED_METHODS.has(method) ? settings.hedge : false
+  let totalTimeout = settings.totalTimeout
+  let timeout = Math.min(settings.timeout, totalTimeout)
+  let signal: AbortSignal | undefined
+  let followed = inbound
+  // A call without options takes the client's settings as they are.
+  if (options !== undefined) {
+    if (typeof options !== 'object' || options === null) fail('options', `must be an object, got ${describe(options)}`)
+    checkKeys(options, isRequest ? REQUEST_OPTIONS : CALL_OPTIONS, '', (option) => fail(option, `is not a call option (expected one of ${CALL_OPTIONS.join(', ')})`))
+
+    if (options.query !== undefined) {
+      if (typeof options.query !== 'object' || options.query === null) fail('query', `must be an object, got ${describe(options.query)}`)
+      const query = queryString(options.query)
+      if (query !== '') sendPath += sendPath.includes('?') ? `&${query.slice(1)}` : query
     }
-    if (method === 'GET' || method === 'HEAD') fail(bodyOption, `cannot be sent with ${method}`)
-    const setContentType = !hasHeader(headers, 'content-type')
-    if (bodyOption === 'json') {
-      // The common case, without a MadeBody.
-      body = jsonText(options.json, fail)
-      if (setContentType) headers = [...headers, 'content-type', JSON_CONTENT_TYPE]
-    } else {
-      const made = bodyOption === 'form'
-        ? { body: encodeForm(options.form, 'form', fail), contentType: FORM_CONTENT_TYPE, contentLength: undefined, replayable: true }
-        : makeBody(options.body, 'body', fail, true)
-      if (made === null) {
-        freshBody = new FreshBody(options.body as FormData | (() => unknown), setContentType, { clientName: settings.name, method, path })
+
+    if (options.headers !== undefined) ownHeaders = toHeaderList(options.headers, 'headers', fail)
+    if (ownHeaders.length > 0) headers = mergeHeaderLists(ownHeaders, headers)
+
+    const bodyOption = options.json !== undefined ? 'json' : options.form !== undefined ? 'form' : options.body !== undefined ? 'body' : undefined
+    if (bodyOption !== undefined) {
+      if ((options.form !== undefined ? 1 : 0) + (options.body !== undefined ? 1 : 0) + (bodyOption === 'json' ? 1 : 0) > 1) {
+        fail(BODY_OPTIONS.filter((name) => options[name] !== undefined).join(' and '), 'cannot be used together: give at most one of json, form and body')
+      }
+      if (method === 'GET' || method === 'HEAD') fail(bodyOption, `cannot be sent with ${method}`)
+      const setContentType = !hasHeader(headers, 'content-type')
+      if (bodyOption === 'json') {
+        // The common case, without a MadeBody.
+        body = jsonText(options.json, fail)
+        if (setContentType) headers = [...headers, 'content-type', JSON_CONTENT_TYPE]
       } else {
-        body = made.body
-        replayable = made.replayable
-        headers = withBodyHeaders(headers, made, setContentType)
+        const made = bodyOption === 'form'
+          ? { body: encodeForm(options.form, 'form', fail), contentType: FORM_CONTENT_TYPE, contentLength: undefined, replayable: true }
+          : makeBody(options.body, 'body', fail, true)
+        if (made === null) {
+          freshBody = new FreshBody(options.body as FormData | (() => unknown), setContentType, { clientName: settings.name, method, path })
+        } else {
+          body = made.body
+          replayable = made.replayable
+          headers = withBodyHeaders(headers, made, setContentType)
+        }
       }
     }
-  }
 
-  if (options.idempotencyKey !== undefined && !hasHeader(headers, 'idempotency-key')) {
-    const key = options.idempotencyKey === true ? randomUUID() : options.idempotencyKey
-    if (typeof key !== 'string' || key === '' || hasForbiddenHeaderChars(key)) {
-      fail('idempotencyKey', `must be a non-empty string without CR/LF, or true, got ${describe(options.idempotencyKey)}`)
+    if (options.idempotencyKey !== undefined && !hasHeader(headers, 'idempotency-key')) {
+      const key = options.idempotencyKey === true ? randomUUID() : options.idempotencyKey
+      if (typeof key !== 'string' || key === '' || hasForbiddenHeaderChars(key)) {
+        fail('idempotencyKey', `must be a non-empty string without CR/LF, or true, got ${describe(options.idempotencyKey)}`)
+      }
+      headers = [...headers, 'idempotency-key', key]
     }
-    headers = [...headers, 'idempotency-key', key]
-  }
 
-  const signal = options.signal
-  if (signal !== undefined && !isAbortSignal(signal)) fail('signal', `must be an AbortSignal, got ${describe(signal)}`)
-  const totalTimeout = options.totalTimeout === undefined ? settings.totalTimeout : checkDuration(options.totalTimeout, 'totalTimeout', fail)
-  // A call's own timeout may exceed its total: the total then ends the attempt.
-  const timeout = options.timeout === undefined ? Math.min(settings.timeout, totalTimeout) : checkDuration(options.timeout, 'timeout', fail)
-  const retry = options.retry === undefined ? settings.retry : resolveRetry(options.retry, settings.retry === false ? DEFAULT_RETRY : settings.retry, 'retry', fail)
-  let hedge = HEDGED_METHODS.has(method) ? settings.hedge : false
-  if (options.hedge !== undefined) {
-    if (!HEDGED_METHODS.has(method) && options.hedge !== false) fail('hedge', `applies to GET, HEAD and OPTIONS only, not ${method}`)
-    hedge = resolveHedge(options.hedge, settings.hedge, 'hedge', fail)
+    signal = options.signal
+    if (signal !== undefined && !isAbortSignal(signal)) fail('signal', `must be an AbortSignal, got ${describe(signal)}`)
+    if (options.totalTimeout !== undefined) totalTimeout = checkDuration(options.totalTimeout, 'totalTimeout', fail)
+    // A call's own timeout may exceed its total: the total then ends the attempt.
+    timeout = options.timeout === undefined ? Math.min(settings.timeout, totalTimeout) : checkDuration(options.timeout, 'timeout', fail)
+    if (options.retry !== undefined) retry = resolveRetry(options.retry, settings.retry === false ? DEFAULT_RETRY : settings.retry, 'retry', fail)
+    if (options.hedge !== undefined) {
+      if (!HEDGED_METHODS.has(method) && options.hedge !== false) fail('hedge', `applies to GET, HEAD and OPTIONS only, not ${method}`)
+      hedge = resolveHedge(options.hedge, settings.hedge, 'hedge', fail)
+    }
+    if (options.followRedirects !== undefined) followRedirects = checkInteger(options.followRedirects, 'followRedirects', fail, 0, MAX_REDIRECTS)
+    if (options.deadline !== undefined && options.deadline !== false) fail('deadline', `must be false (to ignore the inbound deadline), got ${describe(options.deadline)}`)
+    if (options.deadline === false) followed = undefined
   }
-  const followRedirects = options.followRedirects === undefined ? settings.followRedirects : checkInteger(options.followRedirects, 'followRedirects', fail, 0, MAX_REDIRECTS)
-  if (options.deadline !== undefined && options.deadline !== false) fail('deadline', `must be false (to ignore the inbound deadline), got ${describe(options.deadline)}`)
-  const followed = options.deadline === false ? undefined : inbound
   headers = withInboundHeaders(headers, inbound, settings)
 
+  // The one result, with or without options: an inbound header (a forwarded Idempotency-Key) counts as the call's own.
   return {
     method,
     path,
