@@ -381,7 +381,8 @@ const SECTIONS = {
   otel: otelSection,
   breaker: breakerSection,
   streaming: streamingSection,
-  bodies: bodiesSection
+  bodies: bodiesSection,
+  rateLimit: require('./rate-limit').rateLimitSection
 }
 
 function report (results, plan, about) {

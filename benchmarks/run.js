@@ -3,7 +3,8 @@
 // npm run bench                  the full run (about 6 minutes, each phase bounded)
 // BENCH_QUICK=1 npm run bench    a smoke run of about 2 minutes, not for comparison
 // BENCH_ONLY=hedging,overload    only these phases (client, e2e, failFast, memory,
-//                                hedging, overload, otel, breaker, streaming, bodies); printed, not written
+//                                hedging, overload, otel, breaker, streaming, bodies, rateLimit); printed, not written
+// BENCH_RATE_LIMIT_S=1           the rateLimit phase's fleet runs last this many seconds (default 10)
 // BENCH_PEERS=1                  also got, axios, undici fetch and RetryAgent,
 //                                cockatiel and opossum in the throughput phase
 // Prints one markdown report and writes it to benchmarks/results/latest-node<major>.md,
@@ -18,6 +19,7 @@ const { slicedE2E } = require('./e2e')
 const { CLIENT_CPU, SERVER_CPU, canPin, cpuMeter, startChild, runChild, stopChild } = require('./common')
 const { log, runRounds } = require('./rounds')
 const { report, hedgingSvg } = require('./report')
+const { rateLimitPhase } = require('./rate-limit')
 
 const QUICK = process.env.BENCH_QUICK === '1'
 const ONLY = process.env.BENCH_ONLY?.split(',').map((name) => name.trim()).filter(Boolean)
@@ -54,7 +56,15 @@ const PLAN = {
   // A simulated clock: runs of each rule and rate (seeds), and hours of traffic at 5 % failures.
   breaker: { seeds: QUICK ? 5 : 25, hours: QUICK ? 1 : 10 },
   // Streams of 16 MB read back to back for durationMs per contender and round; then one slow consumer over `mb` MB.
-  streaming: { rounds: QUICK ? 1 : 5, durationMs: QUICK ? 500 : 3_000, budgetMs: 90_000 * scale, mb: QUICK ? 20 : 200 }
+  streaming: { rounds: QUICK ? 1 : 5, durationMs: QUICK ? 500 : 3_000, budgetMs: 90_000 * scale, mb: QUICK ? 20 : 200 },
+  // Fleets of 1, 2 and 4 processes for durationMs each, shared and not; then the cost rounds; then one pause.
+  rateLimit: {
+    durationMs: 1_000 * Number(process.env.BENCH_RATE_LIMIT_S ?? (QUICK ? 3 : 10)),
+    costRounds: QUICK ? 1 : 3,
+    costMs: QUICK ? 1_000 : 3_000,
+    pauseAfterS: 2,
+    pauseRunMs: 5_000
+  }
 }
 
 async function deadOrigin () {
@@ -208,6 +218,7 @@ const PHASES = {
       await stopChild(child)
     }
   },
+  rateLimit: () => rateLimitPhase(PLAN.rateLimit, log),
   breaker: async () => {
     const { seeds, hours } = PLAN.breaker
     const result = await runChild('breaker-sim.js', [String(seeds), String(hours)], { cpu: CLIENT_CPU, timeoutMs: 600_000 })

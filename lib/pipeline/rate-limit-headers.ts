@@ -29,12 +29,13 @@ export function askedPause (retryAfterMs: number | undefined, headers: IncomingH
   if (retryAfterMs !== undefined && retryAfterMs > 0) return { ms: retryAfterMs, reason: 'retry-after' }
   const draft = headers.ratelimit
   if (draft !== undefined) {
-    const ms = draftPauseMs(Array.isArray(draft) ? draft.join(',') : draft)
+    // Node joins repeated headers it does not know into one string.
+    const ms = draftPauseMs(String(draft))
     if (ms > 0) return { ms, reason: 'ratelimit' }
   }
   const remaining = headers['x-ratelimit-remaining']
   if (remaining !== undefined && String(remaining).trim() === '0') {
-    const ms = resetMs(headers['x-ratelimit-reset'], wallNow)
+    const ms = resetMs(headers['x-ratelimit-reset'] as string | undefined, wallNow)
     if (ms > 0) return { ms, reason: 'x-ratelimit' }
   }
   return null
@@ -59,8 +60,7 @@ function draftPauseMs (value: string): number {
   return longest
 }
 
-function resetMs (header: string | string[] | undefined, wallNow: number): number {
-  const value = Array.isArray(header) ? header[0] : header
+function resetMs (value: string | undefined, wallNow: number): number {
   if (value === undefined || !SECONDS.test(value.trim())) return 0
   const seconds = Number(value.trim())
   return seconds > EPOCH_SECONDS ? Math.max(0, seconds * 1000 - wallNow) : seconds * 1000

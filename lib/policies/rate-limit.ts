@@ -73,11 +73,6 @@ export class RateLimiter {
     this.#clock = clock
   }
 
-  /** Calls waiting now. */
-  get waiting (): number {
-    return this.#line.length
-  }
-
   /** Takes a token at once when no one waits and one is there. */
   tryTake (now: number): boolean {
     if (this.#line.length !== 0 || !this.source.ready(now)) return false
@@ -254,11 +249,6 @@ export class LocalBucket implements TokenSource {
   }
 
   close (): void {}
-
-  /** Until when it is paused (`-Infinity` when it never was). */
-  get pausedUntil (): number {
-    return this.#pausedUntil
-  }
 
   #refill (now: number): void {
     if (now <= this.#updatedAt) return
