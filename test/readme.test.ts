@@ -198,7 +198,7 @@ test('the README documents the defaults the code has', async (t) => {
   t.equal(resolved.outlierDetection, false, 'one baseUrl: no outlier detection')
   t.match(client.get('outlierDetection'), /with replicas/, 'outlier detection is on with replicas')
   t.same([...client.keys()], ['baseUrl', 'timeout', 'totalTimeout', 'defaultHeaders', 'propagateRequestId', 'retry',
-    'circuitBreaker', 'pool', 'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection', 'idleTimeout', 'followRedirects', 'auth'])
+    'circuitBreaker', 'pool', 'maxResponseBytes', 'dispatcher', 'hedge', 'maxInFlight', 'adaptiveConcurrency', 'outlierDetection', 'idleTimeout', 'followRedirects', 'auth', 'rateLimit'])
   t.equal(parseDefault(client.get('followRedirects') ?? ''), resolveClientOptions('probe', { baseUrl: 'http://127.0.0.1' }, '').followRedirects)
   t.equal(parseDefault(client.get('idleTimeout') ?? ''), DEFAULT_IDLE_TIMEOUT)
 
