@@ -9,6 +9,7 @@ declare module 'fastify-resilient-http' {
   interface HttpClients {
     catalog: import('fastify-resilient-http').HttpClient
     payments: import('fastify-resilient-http').HttpClient
+    tokens: import('fastify-resilient-http').HttpClient
   }
 }
 
@@ -22,6 +23,7 @@ export const EJECTION_MS = 1_000
 export interface Upstreams {
   catalogUrls: string[]
   paymentsUrl: string
+  tokensUrl: string
   /** Where the gateway reports what it keeps from its callers (the errors' own messages). */
   log: (who: string, text: string) => void
 }
@@ -37,7 +39,7 @@ const PUBLIC_MESSAGES: Record<string, string> = {
   FRH_CLIENT_CLOSED: 'is shutting down'
 }
 
-export async function buildGateway ({ catalogUrls, paymentsUrl, log }: Upstreams): Promise<FastifyInstance> {
+export async function buildGateway ({ catalogUrls, paymentsUrl, tokensUrl, log }: Upstreams): Promise<FastifyInstance> {
   // The inbound x-request-id (when valid) becomes request.id: in the logs, on the reply and upstream.
   const app = Fastify({ genReqId: requestIdGenerator() })
 
@@ -57,6 +59,12 @@ export async function buildGateway ({ catalogUrls, paymentsUrl, log }: Upstreams
         baseUrl: `${paymentsUrl}/v1`,
         retry: { maxAttempts: 3, backoffInitialMs: 100, backoffMaxMs: 400 },
         circuitBreaker: { failureThreshold: 3, recoveryMs: RECOVERY_MS }
+      },
+      tokens: {
+        baseUrl: tokensUrl,
+        // A token stream is bounded by silence, not by the call's timeout.
+        idleTimeout: 2_000,
+        retry: { backoffInitialMs: 50, backoffMaxMs: 100 }
       }
     }
   })
@@ -82,6 +90,21 @@ export async function buildGateway ({ catalogUrls, paymentsUrl, log }: Upstreams
     const charge = await payments.post('/charges', { json: { amount: product.price }, idempotencyKey: true })
     const { chargeId } = await charge.raiseForStatus().json<{ chargeId: string }>()
     return { product: product.name, chargeId, attempts: charge.attempts }
+  })
+
+  // Relays a token stream to the caller: a drop upstream is resumed with Last-Event-ID,
+  // and a caller who goes away ends the upstream call.
+  app.get('/tokens', async (request, reply) => {
+    const stream = await app.httpClients.tokens.stream('/v1/stream', { resume: true })
+    reply.hijack()
+    reply.raw.writeHead(200, { 'content-type': 'text/event-stream' })
+    reply.raw.on('close', () => stream.close())
+    try {
+      for await (const event of stream.events()) reply.raw.write(`id: ${event.id ?? ''}\ndata: ${event.data}\n\n`)
+    } catch (error) {
+      request.log.warn({ err: error }, 'the token stream failed')
+    }
+    reply.raw.end()
   })
 
   app.get('/stats', async () => ({

@@ -1,12 +1,12 @@
 // `npm run example`: a gateway with three catalog replicas and a flaky
 // payments upstream, driven through good times, Retry-After, backoff, a short
-// deadline, a stalled replica, a bad replica, an outage and a recovery, with a
-// timeline of what the clients do about it. Ends by itself in a few seconds.
+// deadline, a stalled replica, a bad replica, an outage and a recovery, and a
+// token stream that drops and resumes, with a timeline of what the clients do about it. Ends by itself in a few seconds.
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request } from 'undici'
 import { buildGateway, EJECTION_MS, RECOVERY_MS } from './gateway'
 import { heading, log, nameOrigins, watchClientEvents } from './timeline'
-import { DEADLINE_HEADER, startCatalog, startPayments } from './upstreams'
+import { DEADLINE_HEADER, startCatalog, startPayments, startTokens } from './upstreams'
 
 interface Reply {
   statusCode: number
@@ -23,8 +23,9 @@ async function main (): Promise<void> {
   const stopWatching = watchClientEvents()
   const catalog = await startCatalog(log)
   const payments = await startPayments(log)
+  const tokens = await startTokens(log)
   nameOrigins(catalog.urls, catalog.names)
-  const app = await buildGateway({ catalogUrls: catalog.urls, paymentsUrl: payments.url, log })
+  const app = await buildGateway({ catalogUrls: catalog.urls, paymentsUrl: payments.url, tokensUrl: tokens.url, log })
   const gateway = await app.listen({ port: 0, host: '127.0.0.1' })
   const agent = new Agent()
   let sent = 0
@@ -108,6 +109,12 @@ async function main (): Promise<void> {
     await checkout()
     await checkout()
 
+    heading('11. a token stream: the upstream drops after event 3, the stream resumes with Last-Event-ID, the caller sees one sequence')
+    log('client', 'GET /tokens')
+    const stream = await request(`${gateway}/tokens`, { dispatcher: agent })
+    const ids = [...(await stream.body.text()).matchAll(/^id: (\d+)$/gm)].map((match) => match[1])
+    log('client', `<- ${stream.statusCode} events ${ids.join(', ')}`)
+
     heading('stats of the payments client')
     const { requests, successes, failures, retries, shortCircuited, circuit } = app.httpClients.payments.stats()
     log('gateway', JSON.stringify({ requests, successes, failures, retries, shortCircuited, circuit }))
@@ -116,6 +123,7 @@ async function main (): Promise<void> {
     await app.close()
     await catalog.close()
     await payments.close()
+    await tokens.close()
     stopWatching()
   }
 }

@@ -2,7 +2,7 @@
 // by hand with curl. PORT (default 3000) sets the gateway's port.
 import { buildGateway } from './gateway'
 import { log, watchClientEvents } from './timeline'
-import { startCatalog, startPayments } from './upstreams'
+import { startCatalog, startPayments, startTokens } from './upstreams'
 
 const MODES = ['healthy', 'flaky', 'down'] as const
 type Mode = typeof MODES[number]
@@ -12,7 +12,8 @@ async function main (): Promise<void> {
   const stopWatching = watchClientEvents()
   const catalog = await startCatalog(log)
   const payments = await startPayments(log)
-  const app = await buildGateway({ catalogUrls: catalog.urls, paymentsUrl: payments.url, log })
+  const tokens = await startTokens(log)
+  const app = await buildGateway({ catalogUrls: catalog.urls, paymentsUrl: payments.url, tokensUrl: tokens.url, log })
 
   // Not part of a real gateway: switches the payments upstream's behaviour.
   app.post<{ Params: { mode: Mode } }>('/_demo/payments/:mode', {
@@ -59,7 +60,7 @@ Ctrl-C stops it.
   const shutdown = (): void => {
     log('gateway', 'closing')
     app.close()
-      .then(() => Promise.all([catalog.close(), payments.close()]))
+      .then(() => Promise.all([catalog.close(), payments.close(), tokens.close()]))
       .then(stopWatching, (error: unknown) => {
         console.error(error)
         process.exitCode = 1

@@ -1,7 +1,7 @@
 // Prints what happens, as it happens: the clients' retries, hedges, circuit
 // transitions and replica ejections come from the package's diagnostics channels.
 import diagnosticsChannel from 'node:diagnostics_channel'
-import { CHANNELS, type CircuitEvent, type RetryEvent, type RetrySkippedEvent } from 'fastify-resilient-http'
+import { CHANNELS, type CircuitEvent, type RetryEvent, type RetrySkippedEvent, type StreamResumedEvent } from 'fastify-resilient-http'
 
 let started: number | undefined
 
@@ -48,6 +48,11 @@ function onCircuit (message: unknown): void {
   log(event.client, `  circuit ${event.from} -> ${event.to}${until}`)
 }
 
+function onResumed (message: unknown): void {
+  const event = message as StreamResumedEvent
+  log(event.client, `  resume: ${event.method} ${event.path} after event ${event.lastEventId}, in ${event.waitMs} ms`)
+}
+
 function onHedge (message: unknown): void {
   const event = message as HedgeMessage
   log(event.client, `  hedge: ${event.method} ${event.path} no answer after ${event.delayMs} ms, attempt ${event.attempt} goes to another replica`)
@@ -78,6 +83,7 @@ const LISTENERS: Array<[string, (message: unknown) => void]> = [
   [CHANNELS.retrySkipped, onRetrySkipped],
   [CHANNELS.circuit, onCircuit],
   [CHANNELS.hedge, onHedge],
+  [CHANNELS.streamResumed, onResumed],
   [CHANNELS.replica, onReplica],
   [CHANNELS.deadlineExceeded, onDeadline]
 ]

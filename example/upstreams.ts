@@ -225,3 +225,39 @@ export async function startPayments (log: Log): Promise<Payments> {
     close: () => server.stop()
   }
 }
+
+export interface Tokens {
+  url: string
+  close (): Promise<void>
+}
+
+/**
+ * A token stream, as an LLM API sends one: `GET /v1/stream` answers six
+ * Server-Sent Events 30 ms apart, from the one after `Last-Event-ID`. The
+ * first connection drops after the third event.
+ */
+export async function startTokens (log: Log): Promise<Tokens> {
+  let connections = 0
+  const server = new Server((req, res) => {
+    const lastEventId = req.headers['last-event-id']
+    const first = connections++ === 0
+    log('tokens', `${req.method} ${req.url}${lastEventId === undefined ? '' : `  last-event-id=${lastEventId}`}`)
+    res.writeHead(200, { 'content-type': 'text/event-stream' })
+    let id = Number(lastEventId ?? 0)
+    const timer = setInterval(() => {
+      res.write(`id: ${++id}\ndata: token ${id}\n\n`)
+      if (first && id === 3) {
+        clearInterval(timer)
+        setTimeout(() => {
+          log('tokens', '  the connection drops after event 3')
+          res.socket?.destroy()
+        }, 10)
+      } else if (id >= 6) {
+        res.end()
+      }
+    }, 30)
+    res.on('close', () => clearInterval(timer))
+  })
+  await server.listen(0)
+  return { url: server.url, close: () => server.stop() }
+}

@@ -144,6 +144,14 @@ test('npm run example shows each scene and exits by itself', async (t) => {
   check('a failed probe opens it again', scene(lines, 9), [/payments {5}circuit open -> half-open/, /payments {5}circuit half-open -> open/, /<- 502 FRH_UPSTREAM/])
   check('a successful probe closes it', scene(lines, 10), [/payments {5}circuit half-open -> closed/, /<- 200 charged coffee/, /<- 200 charged coffee/])
 
+  check('a dropped token stream resumes with Last-Event-ID and the caller sees one sequence', scene(lines, 11), [
+    /tokens {5}GET \/v1\/stream$/,
+    /tokens {7}the connection drops after event 3/,
+    /tokens {7}resume: GET \/v1\/stream after event 3, in \d+ ms/,
+    /tokens {5}GET \/v1\/stream {2}last-event-id=3/,
+    /client {5}<- 200 events 1, 2, 3, 4, 5, 6$/
+  ])
+
   // What the gateway logs stays in its logs: no reply quotes an internal address or an upstream's error.
   t.same(lines.filter((line) => line.includes('client     <- ') && /ECONNREFUSED|127\.0\.0\.1|answered \d{3}/.test(line)), [], 'replies carry generic messages only')
   t.match(stdout, /"circuit":"closed"/, 'the payments circuit ends closed')
