@@ -16,7 +16,7 @@ async function resilientHttpPlugin (fastify: FastifyInstance, options: PluginOpt
   checkPropagateHeaders(settings.requestIdHeader, settings.propagateHeaders)
   const clients: Record<string, HttpClient> = {}
   for (const clientOptions of settings.clients) {
-    clients[clientOptions.name] = new HttpClient(clientOptions, fastify.log, {}, `clients.${clientOptions.name}`)
+    clients[clientOptions.name] = HttpClient.create(clientOptions, fastify.log, {}, `clients.${clientOptions.name}`)
   }
   const httpClients = clientsByName(clients)
   fastify.decorate('httpClients', { getter: () => httpClients })

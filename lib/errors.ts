@@ -14,7 +14,27 @@ export interface CallDetails {
   cause?: unknown
 }
 
+/** Every instance of ours carries `[kBrand]`; every class names its own brand on `[kClassBrand]`. */
 const kBrand = Symbol.for('fastify-resilient-http.error')
+const kClassBrand = Symbol('fastify-resilient-http.class-brand')
+
+/**
+ * `instanceof` by brand, as undici's errors do, so it holds across two
+ * copies of the package (a nested `node_modules`): each class has its own
+ * `Symbol.for` brand, true on its prototype and so on its subclasses'. A
+ * class made by an app (extending one of ours) keeps the prototype check.
+ */
+function hasBrandedInstance (this: object, value: unknown): boolean {
+  if (!Object.hasOwn(this, kClassBrand)) return Function.prototype[Symbol.hasInstance].call(this, value)
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[(this as Record<symbol, symbol>)[kClassBrand]] === true
+}
+
+/** Gives an error class its own brand (see `hasBrandedInstance`). */
+export function brand (ErrorClass: abstract new (...args: never[]) => HttpClientError, name: string): void {
+  const symbol = name === 'HttpClientError' ? kBrand : Symbol.for(`fastify-resilient-http.error.${name}`)
+  Object.defineProperty(ErrorClass, kClassBrand, { value: symbol })
+  Object.defineProperty(ErrorClass.prototype, symbol, { value: true })
+}
 
 /** Base class of every error raised by fastify-resilient-http. */
 export class HttpClientError extends Error {
@@ -50,15 +70,24 @@ export class HttpClientError extends Error {
     return this.constructor.name
   }
 
-  /** `instanceof` also holds across two copies of this package. */
+  /** `instanceof` also holds across two copies of this package, for every class. */
   static override [Symbol.hasInstance] (value: unknown): boolean {
-    if (this !== HttpClientError) return Function.prototype[Symbol.hasInstance].call(this, value)
-    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[kBrand] === true
+    return hasBrandedInstance.call(this, value)
   }
+}
 
-  get [kBrand] (): boolean {
-    return true
-  }
+brand(HttpClientError, 'HttpClientError')
+
+/**
+ * Makes a refusal without a stack trace: refusals come fast and in bulk
+ * (open circuit, overload) and a stack says nothing about them.
+ */
+export function withoutStack<E, X> (ErrorClass: new (details: CallDetails, figure: number, extra?: X) => E, details: CallDetails, figure: number, extra?: X): E {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  const error = new ErrorClass(details, figure, extra)
+  Error.stackTraceLimit = limit
+  return error
 }
 
 export function describeCall (details: CallDetails): string {
@@ -113,6 +142,7 @@ messageOnRead(CircuitOpenError, (error) => {
     : `circuit half-open and its probes are taken (opened by ${error.openedBy})`
   return `${describeCall(error)} refused: ${state}`
 })
+brand(CircuitOpenError, 'CircuitOpenError')
 
 /** Over `maxInFlight` or the adaptive concurrency limit: nothing was sent. */
 export class OverloadedError extends HttpClientError {
@@ -126,6 +156,7 @@ export class OverloadedError extends HttpClientError {
 }
 
 messageOnRead(OverloadedError, (error) => `${describeCall(error)} refused: ${error.limit} calls already in flight`)
+brand(OverloadedError, 'OverloadedError')
 
 /** No token within `maxWaitMs`, the total timeout or the deadline (see `rateLimit`): nothing was sent. */
 export class RateLimitedError extends HttpClientError {
@@ -139,6 +170,7 @@ export class RateLimitedError extends HttpClientError {
 }
 
 messageOnRead(RateLimitedError, (error) => `${describeCall(error)} refused: rate limited, next token in ${error.retryAfterMs} ms`)
+brand(RateLimitedError, 'RateLimitedError')
 
 /** Which timeout fired: one attempt's, the call's (or a stream's `maxDuration`), the inbound request's deadline, or a stream's silence. */
 export type TimeoutKind = 'attempt' | 'total' | 'deadline' | 'idle'
@@ -162,14 +194,62 @@ export class TimeoutError extends HttpClientError {
     this.timeoutMs = timeoutMs
   }
 }
+brand(TimeoutError, 'TimeoutError')
 
-/** A transport failure (refused, reset, DNS, ...) once retries are over; `cause` is undici's error. */
+/**
+ * The kind of a transport failure, by `err.code`, for messages: undici's own
+ * messages name addresses (`connect ECONNREFUSED 10.0.0.5:8080`) and a
+ * message may reach an app's caller, so they stay on `cause`.
+ */
+const FAILURE_KINDS: Record<string, string> = {
+  ECONNREFUSED: 'connection refused',
+  ECONNRESET: 'connection reset',
+  ECONNABORTED: 'connection aborted',
+  EPIPE: 'connection closed while sending',
+  ETIMEDOUT: 'connection timed out',
+  ENOTFOUND: 'DNS lookup failed',
+  EAI_AGAIN: 'DNS lookup failed',
+  EHOSTUNREACH: 'host unreachable',
+  ENETUNREACH: 'network unreachable',
+  UND_ERR_CONNECT_TIMEOUT: 'connect timeout',
+  UND_ERR_SOCKET: 'socket closed',
+  UND_ERR_CLOSED: 'connection closed',
+  UND_ERR_DESTROYED: 'connection destroyed',
+  UND_ERR_HEADERS_TIMEOUT: 'headers timeout',
+  UND_ERR_BODY_TIMEOUT: 'body timeout',
+  UND_ERR_HEADERS_OVERFLOW: 'response headers too large',
+  UND_ERR_RES_CONTENT_LENGTH_MISMATCH: 'response body shorter or longer than its content-length',
+  UND_ERR_RES_EXCEEDED_MAX_SIZE: 'response body too large',
+  UND_ERR_ABORTED: 'request aborted',
+  UND_ERR_INFO: 'invalid response',
+  UND_ERR_RESPONSE: 'invalid response',
+  UND_ERR_INVALID_ARG: 'an invalid header or argument',
+  UND_ERR_NOT_SUPPORTED: 'not supported by undici',
+  UND_ERR_REQ_CONTENT_LENGTH_MISMATCH: 'request body length does not match its content-length'
+}
+
+/** A failure's kind, by its code alone: an unknown code is named (codes are short tokens), never the message. */
+export function failureKind (error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code
+  if (typeof code !== 'string') return 'transport failure'
+  const kind = FAILURE_KINDS[code]
+  if (kind !== undefined) return kind
+  if (code.startsWith('HPE_')) return 'invalid HTTP response'
+  if (code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_') || code.includes('CERT')) return 'TLS failure'
+  return /^[A-Z][A-Z0-9_]{0,40}$/.test(code) ? `transport failure (${code})` : 'transport failure'
+}
+
+/**
+ * A transport failure (refused, reset, DNS, ...) once retries are over; its
+ * message names the kind of failure, `cause` is undici's error (with the
+ * address).
+ */
 export class UpstreamError extends HttpClientError {
   constructor (details: CallDetails) {
-    const reason = details.cause instanceof Error ? details.cause.message : String(details.cause)
-    super('FRH_UPSTREAM', `${describeCall(details)} failed after ${details.attempts} attempt(s): ${reason}`, details, 502)
+    super('FRH_UPSTREAM', `${describeCall(details)} failed after ${details.attempts} attempt(s): ${failureKind(details.cause)}`, details, 502)
   }
 }
+brand(UpstreamError, 'UpstreamError')
 
 /** A path, header, option or body that cannot be sent; nothing was sent. */
 export class InvalidRequestError extends HttpClientError {
@@ -177,6 +257,7 @@ export class InvalidRequestError extends HttpClientError {
     super('FRH_INVALID_REQUEST', `${describeCall(details)} refused: ${reason}`, details, 500)
   }
 }
+brand(InvalidRequestError, 'InvalidRequestError')
 
 /** A response body larger than `maxResponseBytes`. */
 export class ResponseTooLargeError extends HttpClientError {
@@ -187,17 +268,24 @@ export class ResponseTooLargeError extends HttpClientError {
     this.limit = limit
   }
 }
+brand(ResponseTooLargeError, 'ResponseTooLargeError')
 
-/** A stream's body broke its format: an NDJSON line that is not JSON. */
+/**
+ * A response body that is not what was asked for: `json()` on a body that is
+ * not JSON, or an NDJSON line that is not JSON. The parser's error is on
+ * `cause`; the message never quotes the body.
+ */
 export class InvalidResponseError extends HttpClientError {
-  /** The 1-based number of the offending line in the body. */
-  declare readonly line: number
+  /** The 1-based number of the NDJSON line that failed; `undefined` for a whole body (`json()`). */
+  declare readonly line: number | undefined
 
-  constructor (details: CallDetails, line: number, reason: string) {
-    super('FRH_INVALID_RESPONSE', `${describeCall(details)} sent an invalid line ${line}: ${reason}`, details, 502)
+  constructor (details: CallDetails, line?: number) {
+    const what = line === undefined ? 'response body' : `response line ${line}`
+    super('FRH_INVALID_RESPONSE', `${describeCall(details)} ${what} is not valid JSON`, details, 502)
     this.line = line
   }
 }
+brand(InvalidResponseError, 'InvalidResponseError')
 
 /** A call after `close()`, or a wait between retries cut by `close()`. */
 export class ClientClosedError extends HttpClientError {
@@ -205,6 +293,7 @@ export class ClientClosedError extends HttpClientError {
     super('FRH_CLIENT_CLOSED', `${describeCall(details)} refused: client is closed`, details, 503)
   }
 }
+brand(ClientClosedError, 'ClientClosedError')
 
 /** The `auth.token` function threw or rejected; its error is on `cause`, never in the message. */
 export class AuthenticationError extends HttpClientError {
@@ -212,6 +301,7 @@ export class AuthenticationError extends HttpClientError {
     super('FRH_AUTHENTICATION', `${describeCall(details)} failed: the auth token function threw or rejected`, details, 502)
   }
 }
+brand(AuthenticationError, 'AuthenticationError')
 
 /** Bad options at registration; `option` is the dotted path of the culprit. */
 export class InvalidOptionsError extends HttpClientError {
@@ -222,3 +312,4 @@ export class InvalidOptionsError extends HttpClientError {
     this.option = option
   }
 }
+brand(InvalidOptionsError, 'InvalidOptionsError')

@@ -13,6 +13,9 @@ export type HeaderList = string[]
  * values are left out; with `refuseUndefined` (default headers) one fails,
  * since it is almost always an unset environment variable.
  */
+/** Why an `upgrade` header is refused: undici hands an upgraded socket away, and a client call cannot own it. */
+export const UPGRADE_REFUSED = 'asks for a protocol upgrade, which a client call cannot make (undici would hand the socket away)'
+
 export function toHeaderList (headers: unknown, path: string, fail: Fail, refuseUndefined = false): HeaderList {
   if (!isPlainObject(headers)) fail(path, `must be an object of header names to values, got ${describe(headers)}`)
   const list: HeaderList = []
@@ -24,6 +27,7 @@ export function toHeaderList (headers: unknown, path: string, fail: Fail, refuse
     }
     if (!isHeaderName(name)) fail(`${path}.${name}`, 'is not a valid header name')
     const lower = name.toLowerCase()
+    if (lower === 'upgrade') fail(`${path}.${name}`, UPGRADE_REFUSED)
     if (Array.isArray(value)) {
       for (const item of value) pushValue(list, lower, item, `${path}.${name}`, fail)
     } else {

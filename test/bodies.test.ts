@@ -191,10 +191,12 @@ test('a body function that throws or returns what cannot be sent fails the call;
   const thrown = await rejection(client.post('/x', { body: () => { throw boom } })) as InvalidRequestError
   t.type(thrown, InvalidRequestError)
   t.equal(thrown.cause, boom)
-  t.match(thrown.message, /body function threw: no file/)
+  t.match(thrown.message, /body function threw \(its error is the cause\)$/)
+  t.notMatch(thrown.message, /no file/, 'the app\'s own error stays on cause')
   const notAnError: unknown = 'not an Error'
   const thrownString = await rejection(client.post('/x', { body: () => { throw notAnError } })) as InvalidRequestError
-  t.match(thrownString.message, /body function threw: not an Error/)
+  t.match(thrownString.message, /body function threw \(its error is the cause\)$/)
+  t.equal(thrownString.cause, notAnError)
   const cases: Array<[unknown, RegExp]> = [
     [() => 42, /body\(\) must be .* got the number 42/],
     [() => ({ a: 1 }), /body\(\) must be .* got a plain object/],

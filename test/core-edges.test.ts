@@ -2,7 +2,7 @@ import Fastify from 'fastify'
 import { test, type Test } from 'tap'
 import type { Dispatcher } from 'undici'
 import diagnosticsChannel from 'node:diagnostics_channel'
-import resilientHttp, { CHANNELS, CircuitOpenError, createHttpClient, type HttpClient, InvalidRequestError, TimeoutError, UpstreamError } from '../plugin'
+import resilientHttp, { CHANNELS, CircuitOpenError, createHttpClient, type HttpClient, InvalidRequestError, InvalidResponseError, TimeoutError, UpstreamError } from '../plugin'
 import './helpers/fastify-types'
 import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
 
@@ -56,7 +56,7 @@ test('a body that failed before anyone read it: json() and body report the failu
   t.ok(error instanceof UpstreamError, 'the stream made afterwards errors with UpstreamError')
 })
 
-test('a complete body that is not JSON: json() rejects with the parse error', async (t) => {
+test('a complete body that is not JSON: json() rejects with InvalidResponseError, the parse error its cause', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => {
     res.writeHead(200, { 'content-type': 'application/json' })
     res.end('{not json')
@@ -64,7 +64,9 @@ test('a complete body that is not JSON: json() rejects with the parse error', as
   const client = clientFor(t, upstream.url)
   const res = await client.get('/bad')
   await new Promise((resolve) => setTimeout(resolve, 20))
-  t.type(await rejection(res.json()), SyntaxError)
+  const error = await rejection(res.json())
+  t.type(error, InvalidResponseError)
+  t.type((error as Error).cause, SyntaxError)
 })
 
 test('fastify.httpClients reads as undefined for names generic code probes for', async (t) => {

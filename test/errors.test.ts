@@ -1,9 +1,12 @@
 import { inspect } from 'node:util'
 import Fastify from 'fastify'
 import { test } from 'tap'
+import { cpSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
 import resilientHttp, {
-  CircuitOpenError, ClientClosedError, HttpClientError, HttpStatusError, InvalidOptionsError, InvalidRequestError,
-  OverloadedError, ResponseTooLargeError, TimeoutError, UpstreamError
+  AuthenticationError, CircuitOpenError, ClientClosedError, HttpClientError, HttpStatusError, InvalidOptionsError, InvalidRequestError,
+  InvalidResponseError, OverloadedError, RateLimitedError, ResponseTooLargeError, TimeoutError, UpstreamError
 } from '../plugin'
 import './helpers/fastify-types'
 import { startUpstream } from './helpers/upstream'
@@ -23,7 +26,10 @@ const table: Array<[HttpClientError, string, number]> = [
   [new ResponseTooLargeError(details, 10), 'FRH_RESPONSE_TOO_LARGE', 502],
   [new InvalidRequestError(details, 'bad path'), 'FRH_INVALID_REQUEST', 500],
   [new ClientClosedError(details), 'FRH_CLIENT_CLOSED', 503],
-  [new InvalidOptionsError('clients.payments.timeout', 'must be positive', 'payments'), 'FRH_INVALID_OPTIONS', 500]
+  [new InvalidOptionsError('clients.payments.timeout', 'must be positive', 'payments'), 'FRH_INVALID_OPTIONS', 500],
+  [new InvalidResponseError({ ...details, cause: new SyntaxError('Unexpected token <') }), 'FRH_INVALID_RESPONSE', 502],
+  [new RateLimitedError(details, 250), 'FRH_RATE_LIMITED', 503],
+  [new AuthenticationError({ ...details, cause: new Error('vault unreachable at 10.0.0.7') }), 'FRH_AUTHENTICATION', 502]
 ]
 
 test('every error carries its code and the status a gateway answers with', async (t) => {
@@ -67,8 +73,20 @@ test('messages say what happened', async (t) => {
   const deadline = new TimeoutError(details, 'deadline', 800)
   t.equal(deadline.kind, 'deadline')
   t.match(deadline.message, /deadline of the inbound request/)
-  t.match(new UpstreamError({ ...details, cause: new Error('socket hang up') }).message, /failed after 2 attempt\(s\): socket hang up/)
-  t.match(new UpstreamError({ ...details, cause: 'ECONNRESET' }).message, /: ECONNRESET$/)
+  t.equal(new UpstreamError({ ...details, cause: new Error('socket hang up') }).message, 'payments: GET /charge failed after 2 attempt(s): transport failure')
+  t.equal(new UpstreamError({ ...details, cause: 'ECONNRESET' }).message, 'payments: GET /charge failed after 2 attempt(s): transport failure')
+  const notJson = new InvalidResponseError({ ...details, cause: new SyntaxError('Unexpected token <') })
+  t.equal(notJson.message, 'payments: GET /charge response body is not valid JSON')
+  t.equal(notJson.line, undefined)
+  const badLine = new InvalidResponseError({ ...details, cause: new SyntaxError('Unexpected token <') }, 3)
+  t.equal(badLine.line, 3)
+  t.equal(badLine.message, 'payments: GET /charge response line 3 is not valid JSON')
+  const limited = new RateLimitedError(details, 250)
+  t.equal(limited.retryAfterMs, 250)
+  t.equal(limited.message, 'payments: GET /charge refused: rate limited, next token in 250 ms')
+  const auth = new AuthenticationError({ ...details, cause: new Error('vault unreachable at 10.0.0.7') })
+  t.equal(auth.message, 'payments: GET /charge failed: the auth token function threw or rejected')
+  t.match(auth.cause, { message: /10\.0\.0\.7/ }, 'the function\'s error stays on cause')
   t.equal(new ClientClosedError({ clientName: 'payments' }).message, 'payments refused: client is closed')
 })
 
@@ -88,18 +106,95 @@ test('a refusal\'s message is written when read, and reads the same in every for
   t.equal(new OverloadedError(details, 7).message, 'payments: GET /charge refused: 7 calls already in flight', 'on that error alone')
 })
 
-test('instanceof holds across two copies of the package', async (t) => {
-  const file = require.resolve('../lib/errors')
-  const first = require(file) as typeof import('../lib/errors')
-  delete require.cache[file]
-  const second = require(file) as typeof import('../lib/errors')
-  t.not(second.HttpClientError, first.HttpClientError, 'two distinct copies')
-  const error = new second.OverloadedError(details, 1)
-  t.ok(error instanceof first.HttpClientError)
-  t.ok(error instanceof second.OverloadedError)
-  t.notOk(error instanceof first.OverloadedError, 'subclasses check their own prototype chain')
-  t.notOk(new Error('x') instanceof first.HttpClientError)
+test('a transport failure\'s message names its kind by code, never undici\'s message', async (t) => {
+  const kinds: Array<[string, string]> = [
+    ['ECONNREFUSED', 'connection refused'],
+    ['ECONNRESET', 'connection reset'],
+    ['ENOTFOUND', 'DNS lookup failed'],
+    ['EAI_AGAIN', 'DNS lookup failed'],
+    ['UND_ERR_SOCKET', 'socket closed'],
+    ['UND_ERR_CONNECT_TIMEOUT', 'connect timeout'],
+    ['EHOSTUNREACH', 'host unreachable'],
+    ['HPE_INVALID_HEADER_TOKEN', 'invalid HTTP response'],
+    ['ERR_TLS_CERT_ALTNAME_INVALID', 'TLS failure'],
+    ['DEPTH_ZERO_SELF_SIGNED_CERT', 'TLS failure'],
+    ['EWHATEVER', 'transport failure (EWHATEVER)'],
+    ['not a code: 10.0.0.5', 'transport failure']
+  ]
+  for (const [code, kind] of kinds) {
+    const cause = Object.assign(new Error(`connect ${code} 10.0.0.5:8080`), { code })
+    const error = new UpstreamError({ ...details, cause })
+    t.equal(error.message, `payments: GET /charge failed after 2 attempt(s): ${kind}`, code)
+    t.equal(error.cause, cause, 'undici\'s error, address and all, is the cause')
+  }
+})
+
+test('every message of ours leaves upstream bytes and addresses to its fields', async (t) => {
+  for (const [error] of table) {
+    t.notMatch(error.message, /s3cret|secret|10\.0\.0\.7|Unexpected token|socket hang up/, `${error.name}: ${error.message}`)
+  }
+})
+
+/** Every error class, and one instance of each, made through `api`'s public constructors. */
+function samplesOf (api: typeof import('../plugin')): Array<[string, new (...args: never[]) => Error, Error]> {
+  const response = {} as never
+  return [
+    ['HttpClientError', api.HttpClientError, new api.InvalidRequestError(details, 'bad path')],
+    ['CircuitOpenError', api.CircuitOpenError, new api.CircuitOpenError(details, 1)],
+    ['OverloadedError', api.OverloadedError, new api.OverloadedError(details, 1)],
+    ['TimeoutError', api.TimeoutError, new api.TimeoutError(details, 'attempt', 1)],
+    ['UpstreamError', api.UpstreamError, new api.UpstreamError(details)],
+    ['HttpStatusError', api.HttpStatusError, new api.HttpStatusError(details, 500, '', response)],
+    ['InvalidRequestError', api.InvalidRequestError, new api.InvalidRequestError(details, 'bad path')],
+    ['ResponseTooLargeError', api.ResponseTooLargeError, new api.ResponseTooLargeError(details, 1)],
+    ['InvalidResponseError', api.InvalidResponseError, new api.InvalidResponseError(details)],
+    ['ClientClosedError', api.ClientClosedError, new api.ClientClosedError(details)],
+    ['RateLimitedError', api.RateLimitedError, new api.RateLimitedError(details, 1)],
+    ['AuthenticationError', api.AuthenticationError, new api.AuthenticationError(details)],
+    ['InvalidOptionsError', api.InvalidOptionsError, new api.InvalidOptionsError('timeout', 'must be positive')]
+  ]
+}
+
+test('instanceof holds for every class across two copies of the built package', async (t) => {
+  // A second copy, as in a nested node_modules: the built package in a folder of its own.
+  const folder = mkdtempSync(path.join(tmpdir(), 'frh-second-copy-'))
+  t.teardown(() => rmSync(folder, { recursive: true, force: true }))
+  const root = path.join(__dirname, '..')
+  cpSync(path.join(root, 'dist'), path.join(folder, 'dist'), { recursive: true })
+  cpSync(path.join(root, 'package.json'), path.join(folder, 'package.json'))
+  symlinkSync(path.join(root, 'node_modules'), path.join(folder, 'node_modules'), 'dir')
+  const first = require(root) as typeof import('../plugin')
+  const second = require(folder) as typeof import('../plugin')
+  t.not(second.TimeoutError, first.TimeoutError, 'two distinct copies')
+
+  const firsts = samplesOf(first)
+  const seconds = samplesOf(second)
+  for (const [i, [name, FirstClass, firstError]] of firsts.entries()) {
+    const [, SecondClass, secondError] = seconds[i]
+    t.ok(secondError instanceof FirstClass, `a second copy's ${name} is a first copy's ${name}`)
+    t.ok(firstError instanceof SecondClass, `and the other way round (${name})`)
+    t.ok(secondError instanceof first.HttpClientError, `${name} is the other copy's HttpClientError`)
+    t.ok(secondError instanceof Error)
+    for (const [otherName, OtherClass] of firsts) {
+      if (otherName === name || otherName === 'HttpClientError' || name === 'HttpClientError') continue
+      t.notOk(secondError instanceof OtherClass, `a ${name} is not a ${otherName}`)
+    }
+  }
+  t.notOk(new second.TimeoutError(details, 'attempt', 1) instanceof first.CircuitOpenError, 'a TimeoutError is not a CircuitOpenError')
+  t.notOk(new Error('x') instanceof first.TimeoutError)
+  t.notOk(Object.assign(new Error('x'), { code: 'FRH_TIMEOUT' }) instanceof first.TimeoutError, 'a look-alike is not branded')
   t.notOk((null as unknown) instanceof first.HttpClientError)
+  t.notOk((42 as unknown) instanceof first.TimeoutError)
+})
+
+test('a class an app derives from ours keeps the ordinary instanceof', async (t) => {
+  class PaymentTimeout extends TimeoutError {}
+  const derived = new PaymentTimeout(details, 'attempt', 100)
+  t.ok(derived instanceof PaymentTimeout)
+  t.ok(derived instanceof TimeoutError)
+  t.ok(derived instanceof HttpClientError)
+  t.notOk(new TimeoutError(details, 'attempt', 100) instanceof PaymentTimeout, 'a plain TimeoutError is not the app\'s subclass')
+  t.equal(derived.name, 'PaymentTimeout')
 })
 
 test('thrown from a route, each error answers its own status through Fastify\'s error handler', async (t) => {

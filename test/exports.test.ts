@@ -21,7 +21,9 @@ const ERROR_CODES: Record<string, string> = {
   ResponseTooLargeError: 'FRH_RESPONSE_TOO_LARGE',
   ClientClosedError: 'FRH_CLIENT_CLOSED',
   InvalidResponseError: 'FRH_INVALID_RESPONSE',
-  InvalidOptionsError: 'FRH_INVALID_OPTIONS'
+  InvalidOptionsError: 'FRH_INVALID_OPTIONS',
+  RateLimitedError: 'FRH_RATE_LIMITED',
+  AuthenticationError: 'FRH_AUTHENTICATION'
 }
 
 /** One instance of each error class, built through its public constructor. */
@@ -36,8 +38,10 @@ function sampleErrors (): Record<string, Error & { code: string }> {
     InvalidRequestError: new api.InvalidRequestError(details, 'bad path'),
     ResponseTooLargeError: new api.ResponseTooLargeError(details, 10),
     ClientClosedError: new api.ClientClosedError(details),
-    InvalidResponseError: new api.InvalidResponseError(details, 3, 'Unexpected token'),
-    InvalidOptionsError: new api.InvalidOptionsError('clients.payments.timeout', 'must be positive', 'payments')
+    InvalidResponseError: new api.InvalidResponseError({ ...details, cause: new SyntaxError('Unexpected token') }, 3),
+    InvalidOptionsError: new api.InvalidOptionsError('clients.payments.timeout', 'must be positive', 'payments'),
+    RateLimitedError: new api.RateLimitedError(details, 250),
+    AuthenticationError: new api.AuthenticationError({ ...details, cause: new Error('vault down') })
   }
 }
 
@@ -95,6 +99,9 @@ test('every error class extends HttpClientError and carries its code', async (t)
   t.equal((samples.ResponseTooLargeError as unknown as { limit: number }).limit, 10)
   t.equal((samples.InvalidOptionsError as unknown as { option: string }).option, 'clients.payments.timeout')
   t.type((samples.UpstreamError as Error).cause, Error)
+  t.equal((samples.InvalidResponseError as unknown as { line: number }).line, 3)
+  t.equal((samples.RateLimitedError as unknown as { retryAfterMs: number }).retryAfterMs, 250)
+  t.type((samples.AuthenticationError as Error).cause, Error)
 })
 
 test('the exports work: a client made from the built package', async (t) => {

@@ -21,6 +21,9 @@ export type { ClientStats } from './stats'
 export type { PoolStats } from '../transport/upstream'
 export type { ClientInternals } from './client-core'
 
+/** Only `createHttpClient()` and the plugin make clients: `new HttpClient()` from outside throws. */
+const kMadeByFactory = Symbol('made by createHttpClient or the plugin')
+
 /**
  * A named client for one upstream service (one origin, or several
  * replicas): undici pools behind retries, hedging, a circuit breaker,
@@ -31,11 +34,17 @@ export class HttpClient {
   readonly name: string
   readonly #core: ClientCore
 
-  /** @internal Use `createHttpClient()` or the plugin. */
-  constructor (options: ResolvedClientOptions, logger: Logger, internals: ClientInternals = {}, optionPath = '') {
+  /** Use `createHttpClient()` or the plugin. */
+  private constructor (token: typeof kMadeByFactory, options: ResolvedClientOptions, logger: Logger, internals: ClientInternals, optionPath: string) {
+    if (token !== kMadeByFactory) throw new TypeError('HttpClient cannot be constructed: use createHttpClient() or register the plugin')
     installTelemetry()
     this.name = options.name
     this.#core = new ClientCore(options, logger, internals, optionPath)
+  }
+
+  /** @internal A client from resolved options; `optionPath` prefixes the dotted path of option errors. */
+  static create (options: ResolvedClientOptions, logger: Logger, internals: ClientInternals = {}, optionPath = ''): HttpClient {
+    return new HttpClient(kMadeByFactory, options, logger, internals, optionPath)
   }
 
   get (path: string, options?: CallOptions): Promise<HttpResponse> {
@@ -72,7 +81,11 @@ export class HttpClient {
     if (typeof method !== 'string' || !isHeaderName(method)) {
       return Promise.reject(new InvalidRequestError({ clientName: this.name, method: String(method), path: String(options?.path) }, `method must be an HTTP method name, got ${describe(method)}`))
     }
-    return this.#send(method.toUpperCase(), options.path, options, true)
+    const upper = method.toUpperCase()
+    if (upper === 'CONNECT') {
+      return Promise.reject(new InvalidRequestError({ clientName: this.name, method: upper, path: String(options.path) }, 'method CONNECT is not supported: undici would hand the socket away'))
+    }
+    return this.#send(upper, options.path, options, true)
   }
 
   /**
@@ -203,5 +216,5 @@ export function createHttpClient (options: CreateHttpClientOptions): HttpClient 
   if (logger !== undefined && (typeof logger !== 'object' || logger === null || typeof logger.info !== 'function' || typeof logger.warn !== 'function')) {
     throw new InvalidOptionsError('logger', 'must be a pino-compatible logger (with info() and warn())', name)
   }
-  return new HttpClient(resolveClientOptions(name, clientOptions, ''), logger ?? silentLogger)
+  return HttpClient.create(resolveClientOptions(name, clientOptions, ''), logger ?? silentLogger)
 }

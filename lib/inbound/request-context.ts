@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import { checkRouteDeadline, type DeadlineSettings, parseDeadlineHeader, requestDeadlineAt } from './deadline'
 import { InvalidOptionsError } from '../errors'
-import type { HeaderList } from '../headers'
+import { type HeaderList, UPGRADE_REFUSED } from '../headers'
 import type { Logger } from '../logger'
 import { isValidRequestId, warnOnCountedRequestIds } from './request-id'
 import { propagatorFields } from '../telemetry/otel'
@@ -108,6 +108,7 @@ export function currentDeadline (): number | undefined {
 export function checkPropagateHeaders (requestIdHeader: string, propagateHeaders: readonly string[]): void {
   const idHeader = requestIdHeader.toLowerCase()
   for (const [i, name] of propagateHeaders.entries()) {
+    if (name.toLowerCase() === 'upgrade') throw new InvalidOptionsError(`propagateHeaders.${i}`, `must not name "${name}": forwarding it ${UPGRADE_REFUSED}`)
     if (name.toLowerCase() === idHeader) {
       throw new InvalidOptionsError(`propagateHeaders.${i}`,
         `must not name the request id header "${requestIdHeader}": the request id is forwarded by propagateRequestId, once checked`)

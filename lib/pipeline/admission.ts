@@ -1,6 +1,6 @@
 import { type CircuitBreaker, Permit, type PermitValue } from '../policies/circuit-breaker'
 import type { ConcurrencyLimit } from '../policies/concurrency'
-import { type CallDetails, CircuitOpenError, OverloadedError, TimeoutError } from '../errors'
+import { type CallDetails, CircuitOpenError, OverloadedError, TimeoutError, withoutStack } from '../errors'
 import type { ClientEvents } from '../telemetry/events'
 import type { Logger } from '../logger'
 import type { Counters } from '../api/stats'
@@ -89,13 +89,4 @@ export function refuse (host: AdmissionHost, refusal: RefusalValue, method: stri
       return Promise.reject(withoutStack(CircuitOpenError, details, remainingMs, breaker.openedBy))
     }
   }
-}
-
-/** Refusals come fast and in bulk (open circuit, overload): skip the stack trace. */
-export function withoutStack<E, X> (ErrorClass: new (details: CallDetails, figure: number, extra?: X) => E, details: CallDetails, figure: number, extra?: X): E {
-  const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 0
-  const error = new ErrorClass(details, figure, extra)
-  Error.stackTraceLimit = limit
-  return error
 }

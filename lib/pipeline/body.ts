@@ -133,7 +133,7 @@ export class FreshBody {
       try {
         given = source()
       } catch (error) {
-        throw new InvalidRequestError({ ...details, cause: error }, `body function threw: ${error instanceof Error ? error.message : String(error)}`)
+        throw new InvalidRequestError({ ...details, cause: error }, 'body function threw (its error is the cause)')
       }
       made = makeBody(given, 'body()', (option, reason) => { throw new InvalidRequestError(details, `${option} ${reason}`) }, false) as MadeBody
     } else {

@@ -1,10 +1,10 @@
 import type { AsyncResource } from 'node:async_hooks'
 import { callerScope } from '../async-context'
 import { Attempt, type AttemptHost, type AttemptOwner, type BodySink, Cut, type CutValue } from './attempt'
-import { admit, type AdmissionHost, isRefusal, refuse, withoutStack } from './admission'
+import { admit, type AdmissionHost, isRefusal, refuse } from './admission'
 import { type CircuitBreaker, Permit, type PermitValue, Verdict } from '../policies/circuit-breaker'
 import type { Clock, RandomSource } from '../clock'
-import { AuthenticationError, type CallDetails, ClientClosedError, RateLimitedError, TimeoutError, UpstreamError } from '../errors'
+import { AuthenticationError, type CallDetails, ClientClosedError, RateLimitedError, TimeoutError, UpstreamError, withoutStack } from '../errors'
 import type { RetrySkipReason } from '../telemetry/events'
 import { armHedge, hedgeDue, type Hedged, type HedgeHost, sendHedge } from './hedge'
 import type { Logger } from '../logger'
@@ -484,7 +484,7 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter {
     this.#settle()
     // Most calls have no other attempt out: no reason to build (an Error is costly).
     if (this.#running !== null) this.#cancelRunning(Cut.Loser, loserReason())
-    this.resolve(new HttpResponse(attempt, this))
+    this.resolve(HttpResponse.from(attempt, this))
   }
 
   /** The call ends on this attempt: with its response, or with the error its outcome names. */

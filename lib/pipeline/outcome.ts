@@ -1,7 +1,7 @@
 import type { Attempt } from './attempt'
 import { Cut } from './attempt'
 import type { Clock } from '../clock'
-import { type CallDetails, HttpClientError, InvalidRequestError, UpstreamError } from '../errors'
+import { type CallDetails, failureKind, HttpClientError, InvalidRequestError, UpstreamError } from '../errors'
 import type { ResolvedBreaker, ResolvedRetry } from '../options/resolve'
 import { Verdict, type VerdictValue } from '../policies/circuit-breaker'
 import { retryAfterDelay } from './backoff'
@@ -82,7 +82,7 @@ export function classify (attempt: Attempt, call: CallDetails, retry: ResolvedRe
   switch (attempt.cut) {
     case Cut.None: {
       // undici refused the request as given: not the upstream's fault, and no retry cures it.
-      if (isRequestFault(error)) return cutShort(new InvalidRequestError(detailsOf(call, error), (error as Error).message))
+      if (isRequestFault(error)) return cutShort(new InvalidRequestError(detailsOf(call, error), `the request as given cannot be sent (${failureKind(error)})`))
       const code = errorCode(error)
       const reached = code === undefined ? undefined : TRANSIENT_CODES.get(code)
       return {

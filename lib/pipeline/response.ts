@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Attempt } from './attempt'
-import { type CallDetails, describeCall, HttpClientError } from '../errors'
+import { brand, type CallDetails, describeCall, HttpClientError, InvalidResponseError } from '../errors'
 
 const QUOTED_BODY_BYTES = 1024
 
@@ -24,6 +24,10 @@ export class HttpStatusError extends HttpClientError {
     Object.defineProperty(this, 'response', { value: response, enumerable: false })
   }
 }
+brand(HttpStatusError, 'HttpStatusError')
+
+/** Only the client makes responses: `new HttpResponse()` from outside throws. */
+const kMadeByClient = Symbol('made by the client')
 
 /**
  * The answer to a call. Its body comes as undici hands over the chunks;
@@ -49,8 +53,9 @@ export class HttpResponse {
   readonly #attempt: Attempt
   readonly #call: CallDetails
 
-  /** @internal Made by the client. */
-  constructor (attempt: Attempt, call: CallDetails & { attempts: number, redirects: number, finalPath: string }) {
+  /** Made by the client (`HttpResponse.from()`), never by users. */
+  private constructor (token: typeof kMadeByClient, attempt: Attempt, call: CallDetails & { attempts: number, redirects: number, finalPath: string }) {
+    if (token !== kMadeByClient) throw new TypeError('HttpResponse cannot be constructed: calls of an HttpClient resolve with one')
     this.statusCode = attempt.statusCode
     this.headers = attempt.headers as IncomingHttpHeaders
     this.attempts = call.attempts
@@ -58,6 +63,11 @@ export class HttpResponse {
     this.path = call.finalPath
     this.#attempt = attempt
     this.#call = call
+  }
+
+  /** @internal The client's answer to a call whose final attempt is `attempt`. */
+  static from (attempt: Attempt, call: CallDetails & { attempts: number, redirects: number, finalPath: string }): HttpResponse {
+    return new HttpResponse(kMadeByClient, attempt, call)
   }
 
   /** `statusCode` is 2xx. */
@@ -70,18 +80,28 @@ export class HttpResponse {
     return this.#attempt.stream()
   }
 
-  /** The body parsed as JSON. */
+  /**
+   * The body parsed as JSON. A body that is not JSON rejects with
+   * `InvalidResponseError` (the parser's error on `cause`; the body is never
+   * quoted in the message).
+   */
   json<T = unknown> (): Promise<T> {
     const attempt = this.#attempt
     // Small bodies usually arrive with their headers: parse at once, one promise.
     if (attempt.complete && attempt.takeBody()) {
       try {
-        return Promise.resolve(parseJson(attempt.bytes()) as T)
+        return Promise.resolve(JSON.parse(attempt.bytes().toString('utf8')) as T)
       } catch (error) {
-        return Promise.reject(error)
+        return Promise.reject(this.#notJson(error))
       }
     }
-    return this.#bytes().then(parseJson) as Promise<T>
+    return this.#bytes().then((bytes) => {
+      try {
+        return JSON.parse(bytes.toString('utf8')) as T
+      } catch (error) {
+        throw this.#notJson(error)
+      }
+    })
   }
 
   /** The body as UTF-8 text. */
@@ -102,15 +122,16 @@ export class HttpResponse {
     throw new HttpStatusError({ clientName: call.clientName, method: call.method, path: call.path, attempts: this.attempts }, this.statusCode, quoted, this)
   }
 
+  #notJson (error: unknown): InvalidResponseError {
+    const call = this.#call
+    return new InvalidResponseError({ clientName: call.clientName, method: call.method, path: call.path, attempts: this.attempts, cause: error })
+  }
+
   #bytes (): Promise<Buffer> {
     const attempt = this.#attempt
     if (!attempt.takeBody() && !attempt.complete) return Promise.reject(new TypeError('the response body was already read'))
     return attempt.readAll()
   }
-}
-
-function parseJson (bytes: Buffer): unknown {
-  return JSON.parse(bytes.toString('utf8'))
 }
 
 function toText (bytes: Buffer): string {

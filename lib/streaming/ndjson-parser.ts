@@ -43,7 +43,7 @@ export class NdjsonParser implements BodyParser<unknown> {
     } catch (error) {
       // A line of blanks is no record; anything else is a broken one.
       if (line.trim() === '') return this.take()
-      throw new InvalidResponseError(this.#details, this.#splitter.lineNumber, (error as Error).message)
+      throw new InvalidResponseError({ ...this.#details, cause: error }, this.#splitter.lineNumber)
     }
   }
 }

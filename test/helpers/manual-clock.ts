@@ -109,5 +109,5 @@ export interface ClockedClientOptions extends ClientOptions {
 /** An `HttpClient` whose waits, timeouts, breaker and budget read the given clock and random source. */
 export function clockedClient (options: ClockedClientOptions, clock: Clock, random: RandomSource = Math.random): HttpClient {
   const { name = 'upstream', logger = silentLogger, ...clientOptions } = options
-  return new HttpClient(resolveClientOptions(name, clientOptions, ''), logger, { clock, random })
+  return HttpClient.create(resolveClientOptions(name, clientOptions, ''), logger, { clock, random })
 }

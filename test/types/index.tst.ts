@@ -4,8 +4,9 @@ import { Readable } from 'node:stream'
 import { Agent, MockAgent } from 'undici'
 import resilientHttp, {
   createHttpClient, requestIdGenerator, resilientHttp as named,
-  AuthenticationError, CircuitOpenError, HttpClientError, TimeoutError, InvalidOptionsError, HttpStatusError, OverloadedError,
-  type HttpClient, type HttpResponse, type ClientStats, type PluginOptions, type ClientOptions, type CallOptions,
+  CircuitOpenError, HttpClientError, TimeoutError, InvalidOptionsError, HttpStatusError, OverloadedError,
+  InvalidResponseError, RateLimitedError, AuthenticationError, UpstreamError,
+  HttpClient, HttpResponse, type ClientStats, type PluginOptions, type ClientOptions, type CallOptions,
   type TimeoutKind, currentDeadline, resendCountSpanHook, type ReplicaStats, type HedgeEvent,
   type CircuitCause, type CircuitEvent, type CircuitOpenedBy,
   HttpStream, InvalidResponseError, type ServerSentEvent, type StreamOptions, type StreamResumedEvent
@@ -85,6 +86,37 @@ test('errors carry their fields', () => {
   expect(OverloadedError).type.toBeConstructableWith({ clientName: 'a' }, 10)
   expect(OverloadedError).type.not.toBeConstructableWith({ clientName: 'a' }, '10')
   expect(HttpStatusError).type.not.toBeConstructableWith({ clientName: 'a' }, 401, 'body')
+})
+
+test('the 0.3 errors carry their fields', () => {
+  const error = new Error() as unknown
+  if (error instanceof InvalidResponseError) {
+    expect(error.line).type.toBe<number | undefined>()
+    expect(error).type.toBeAssignableTo<HttpClientError>()
+  }
+  if (error instanceof RateLimitedError) expect(error.retryAfterMs).type.toBe<number>()
+  if (error instanceof AuthenticationError) expect(error.cause).type.toBe<unknown>()
+  expect(InvalidResponseError).type.toBeConstructableWith({ clientName: 'a', cause: new SyntaxError('x') }, 2)
+  expect(InvalidResponseError).type.toBeConstructableWith({ clientName: 'a', cause: new SyntaxError('x') })
+  expect(InvalidResponseError).type.not.toBeConstructableWith({ clientName: 'a' }, '2')
+  expect(RateLimitedError).type.toBeConstructableWith({ clientName: 'a' }, 250)
+  expect(RateLimitedError).type.not.toBeConstructableWith({ clientName: 'a' }, '250')
+  expect(AuthenticationError).type.toBeConstructableWith({ clientName: 'a', cause: new Error('x') })
+  expect(AuthenticationError).type.not.toBeConstructableWith('a')
+  expect(UpstreamError).type.toBeConstructableWith({ clientName: 'a', cause: new Error('x') })
+})
+
+test('HttpClient and HttpResponse cannot be constructed by users', () => {
+  expect(HttpClient).type.not.toBeConstructableWith()
+  expect(HttpClient).type.not.toBeConstructableWith({ name: 'users', baseUrl: 'http://x' })
+  expect(HttpResponse).type.not.toBeConstructableWith()
+  expect(HttpResponse).type.not.toBeConstructableWith({}, { clientName: 'a', attempts: 1 })
+  expect(HttpClient).type.not.toHaveProperty('create')
+  expect(HttpResponse).type.not.toHaveProperty('from')
+  // What a user holds is still a class to test against.
+  const value = {} as unknown
+  if (value instanceof HttpResponse) expect(value.statusCode).type.toBe<number>()
+  if (value instanceof HttpClient) expect(value.name).type.toBe<string>()
 })
 
 test('client options: baseUrl, hedging, overload, replicas', () => {
