@@ -9,7 +9,7 @@ import resilientHttp, {
   HttpClient, HttpResponse, type ClientStats, type PluginOptions, type ClientOptions, type CallOptions,
   type TimeoutKind, currentDeadline, resendCountSpanHook, type ReplicaStats, type HedgeEvent,
   type CircuitCause, type CircuitEvent, type CircuitOpenedBy,
-  HttpStream, InvalidResponseError, type ServerSentEvent, type StreamOptions, type StreamResumedEvent
+  HttpStream, type ServerSentEvent, type StreamOptions, type StreamResumedEvent
 } from 'fastify-resilient-http'
 
 declare module 'fastify-resilient-http' {
@@ -268,7 +268,7 @@ test('streams: client.stream() resolves to an HttpStream; ndjson<T>() is generic
   expect<StreamResumedEvent['lastEventId']>().type.toBe<string>()
   // Only client.stream() makes one.
   expect(HttpStream).type.not.toBeConstructableWith()
-  const error = new InvalidResponseError({ clientName: 'feed' }, 3, 'bad')
-  expect(error.line).type.toBe<number>()
+  const error = new InvalidResponseError({ clientName: 'feed', cause: new SyntaxError('bad') }, 3)
+  expect(error.line).type.toBe<number | undefined>()
   expect(error.delivered).type.toBe<number | undefined>()
 })
