@@ -11,7 +11,10 @@ import { refusedPort, startUpstream } from '../helpers/upstream'
 
 const SECRET_BODY = '<html>internal-stack-trace at db-7.corp:5432 s3cret</html>'
 
-/** An app with one client per upstream and a route that lets every error escape. */
+/** What each route let escape, by client name. */
+const raised = new Map<string, unknown>()
+
+/** An app with one client per upstream and a route that lets every error escape (and keeps it in `raised`). */
 async function gateway (t: Test, clients: Record<string, string>): Promise<FastifyInstance> {
   const app = Fastify()
   t.teardown(() => app.close())
@@ -19,7 +22,12 @@ async function gateway (t: Test, clients: Record<string, string>): Promise<Fasti
   await app.register(resilientHttp, { clients: options })
   app.get('/via/:name', async (request) => {
     const { name } = request.params as { name: string }
-    return (await app.httpClients[name].get('/data')).json()
+    try {
+      return await (await app.httpClients[name].get('/data')).json()
+    } catch (error) {
+      raised.set(name, error)
+      throw error
+    }
   })
   return app
 }
@@ -78,7 +86,7 @@ test('a transport failure\'s message names its kind, never the address', async (
     t.notMatch(reply.body, /127\.0\.0\.1|no-such-host|ECONN|EAI_|ENOTFOUND|UND_ERR|other side closed/, `${name}: no address or undici message in the reply`)
     t.notMatch(reply.body, new RegExp(`:${refused}\\b|:${reset.port}\\b`), `${name}: no port`)
 
-    const error = await app.httpClients[name].get('/data').catch((error: unknown) => error)
+    const error = raised.get(name)
     t.ok(error instanceof UpstreamError, `${name}: UpstreamError`)
     t.ok(codes.includes(((error as Error).cause as { code: string }).code), `${name}: undici's error, with its code, is the cause`)
   }
