@@ -298,3 +298,33 @@ test('a call waiting for the first token is refused once the client has closed',
   t.type(await pending, ClientClosedError)
   t.equal(upstream.hits.length, 0)
 })
+
+test('a stream is opened with the token too, and resent once after a 401 with a new one', async (t) => {
+  let valid = 'token-1'
+  let calls = 0
+  const { upstream, client } = await setup(t, (_req, res, hit) => {
+    if (hit.headers.authorization !== `Bearer ${valid}`) {
+      sendJson(res, 401, { error: 'invalid token' })
+      return
+    }
+    res.writeHead(200, { 'content-type': 'text/plain' })
+    res.end('one\ntwo\n')
+  }, { auth: { token: async () => `token-${++calls}` } })
+  const lines: string[] = []
+  for await (const line of (await client.stream('/feed')).lines()) lines.push(line)
+  t.same(lines, ['one', 'two'])
+  valid = 'token-2'
+  const again: string[] = []
+  for await (const line of (await client.stream('/feed')).lines()) again.push(line)
+  t.same(again, ['one', 'two'])
+  t.equal(calls, 2)
+  t.same(upstream.hits.map((hit) => hit.headers.authorization), ['Bearer token-1', 'Bearer token-1', 'Bearer token-2'])
+  const failing = createHttpClient({ name: 'api', baseUrl: upstream.url, auth: { token: () => { throw new Error('no vault') } }, ...dispatcherOption() })
+  t.teardown(() => failing.close())
+  t.type(await rejection(failing.stream('/feed')), AuthenticationError)
+  const closing = createHttpClient({ name: 'api', baseUrl: upstream.url, auth: { token: () => new Promise<string>((resolve) => setTimeout(resolve, 50, 'late')) }, ...dispatcherOption() })
+  const pending = rejection(closing.stream('/feed'))
+  await closing.close()
+  t.type(await pending, ClientClosedError)
+  t.equal(upstream.hits.length, 3)
+})

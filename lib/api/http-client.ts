@@ -1,13 +1,12 @@
 import { inspect } from 'node:util'
 import { Call } from '../pipeline/call'
 import { type ClientInternals, ClientCore } from './client-core'
-import { AuthenticationError, ClientClosedError, InvalidOptionsError, InvalidRequestError } from '../errors'
+import { ClientClosedError, InvalidOptionsError, InvalidRequestError } from '../errors'
 import { type Logger, silentLogger } from '../logger'
 import { type ResolvedClientOptions, resolveClientOptions } from '../options/resolve'
 import { currentInboundContext } from '../inbound/request-context'
-import { type PreparedRequest, prepareRequest, withToken } from '../pipeline/prepare'
+import { type PreparedRequest, prepareRequest, startAuthorized } from '../pipeline/prepare'
 import type { TokenSource } from '../pipeline/auth'
-import { hasHeader } from '../headers'
 import { admit, isRefusal, refuse } from '../pipeline/admission'
 import type { HttpResponse } from '../pipeline/response'
 import { type ClientStats, sumPoolStats } from './stats'
@@ -181,7 +180,7 @@ export class HttpClient {
       } catch (error) {
         return Promise.reject(error)
       }
-      if (core.tokens !== null && !hasHeader(request.options.headers, 'authorization')) return this.#sendWithToken(core.tokens, request, now)
+      if (core.tokens !== null) return this.#sendWithToken(core.tokens, request, now)
     }
     const log = inbound?.log ?? core.log
     const admission = request === undefined ? admit(core, inbound?.deadlineAt, undefined, log, now) : admit(core, request.deadlineAt, request.signal, log, now)
@@ -194,13 +193,9 @@ export class HttpClient {
   /** A call under `auth.token`: sent at once while a token is known, else once the function has given one. */
   #sendWithToken (tokens: TokenSource, request: PreparedRequest, now: number): Promise<HttpResponse> {
     const core = this.#core
-    const token = tokens.current
-    if (token !== null) return new Call(core, withToken(request, tokens, token, false), now).start()
-    return tokens.token().then((token) => {
-      if (core.closed) throw new ClientClosedError({ clientName: this.name, method: request.method, path: request.path })
-      return new Call(core, withToken(request, tokens, token, false), core.clock.now()).start()
-    }, (error: unknown) => {
-      throw new AuthenticationError({ clientName: this.name, method: request.method, path: request.path, attempts: 0, cause: error })
+    return startAuthorized(tokens, request, this.name, (authorized, late) => {
+      if (late && core.closed) throw new ClientClosedError({ clientName: this.name, method: request.method, path: request.path })
+      return new Call(core, authorized, late ? core.clock.now() : now).start()
     })
   }
 }

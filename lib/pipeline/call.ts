@@ -14,6 +14,7 @@ import { attemptOptions, attemptTimeout } from './attempt-plan'
 import type { ReplicaSet } from '../policies/replicas'
 import { type PreparedRequest, withToken } from './prepare'
 import { isRedirect, redirectedRequest } from './redirect'
+import type { TokenSource } from './auth'
 import { HttpResponse } from './response'
 import { nextRetry } from './retry'
 import { askedPause } from './rate-limit-headers'
@@ -38,6 +39,8 @@ export interface CallHost extends AttemptHost, AdmissionHost, HedgeHost {
   readonly replicas: ReplicaSet
   /** The client's base path, which a redirect must stay under. */
   readonly basePath: string
+  /** The `auth.token` function's tokens; `null` without one. */
+  readonly tokens: TokenSource | null
   /** `fastify.close()` has begun: no more waits, retries or hedges. */
   readonly draining: boolean
   readonly closed: boolean

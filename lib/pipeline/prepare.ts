@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import type { Dispatcher } from 'undici'
 import type { TokenSource, TokenUse } from './auth'
 import { encodeForm, FORM_CONTENT_TYPE, FreshBody, makeBody, withBodyHeaders } from './body'
-import { InvalidRequestError } from '../errors'
+import { AuthenticationError, InvalidRequestError } from '../errors'
 import { type HeaderList, hasHeader, mergeHeaderLists, toHeaderList, withoutHeader } from '../headers'
 import { DEFAULT_RETRY, MAX_REDIRECTS, type ResolvedClientOptions, type ResolvedHedge, type ResolvedRetry, resolveHedge, resolveRetry } from '../options/resolve'
 import type { InboundContext } from '../inbound/request-context'
@@ -184,6 +184,21 @@ export function withToken (request: PreparedRequest, source: TokenSource, token:
   const headers = resend ? withoutHeader(request.options.headers, 'authorization') : request.options.headers.slice()
   headers.push('authorization', `Bearer ${token}`)
   return { ...request, options: { ...request.options, headers }, tokenUse: resend ? null : { source, token } }
+}
+
+/**
+ * Starts a request under `auth.token`'s bearer: at once while a token is
+ * known, else once the function has given one (`late`), or rejects with
+ * `AuthenticationError` when it fails. A request with its own
+ * `authorization` is started as it is.
+ */
+export function startAuthorized<T> (tokens: TokenSource, request: PreparedRequest, clientName: string, start: (request: PreparedRequest, late: boolean) => Promise<T>): Promise<T> {
+  if (hasHeader(request.options.headers, 'authorization')) return start(request, false)
+  const token = tokens.current
+  if (token !== null) return start(withToken(request, tokens, token, false), false)
+  return tokens.token().then((token) => start(withToken(request, tokens, token, false), true), (error: unknown) => {
+    throw new AuthenticationError({ clientName, method: request.method, path: request.path, attempts: 0, cause: error })
+  })
 }
 
 function jsonText (value: unknown, fail: Fail): string {

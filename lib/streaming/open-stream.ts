@@ -1,7 +1,7 @@
 import { Call, type CallHost } from '../pipeline/call'
-import { prepareRequest } from '../pipeline/prepare'
+import { type PreparedRequest, prepareRequest, startAuthorized } from '../pipeline/prepare'
 import type { HttpResponse } from '../pipeline/response'
-import { InvalidRequestError } from '../errors'
+import { ClientClosedError, InvalidRequestError } from '../errors'
 import type { InboundContext } from '../inbound/request-context'
 import type { ResolvedClientOptions } from '../options/resolve'
 import type { CallOptions, StreamOptions } from '../types'
@@ -55,10 +55,14 @@ export function openStream (host: StreamHost, path: string, options: StreamOptio
     callOptions = rest
   }
   const request = prepareRequest(settings, method, path, callOptions, inbound, false)
-  const core = new StreamCore(host, request, stream)
-  const call = new Call(host, request, now)
-  call.sink = core
-  return call.start().then((response) => opened(core, response))
+  const start = (request: PreparedRequest, late: boolean): Promise<HttpStream> => {
+    if (late && host.closed) throw new ClientClosedError({ clientName: settings.name, method, path })
+    const core = new StreamCore(host, request, stream)
+    const call = new Call(host, request, late ? host.clock.now() : now)
+    call.sink = core
+    return call.start().then((response) => opened(core, response))
+  }
+  return host.tokens === null ? start(request, false) : startAuthorized(host.tokens, request, settings.name, start)
 }
 
 function resolveResume (value: unknown, fail: Fail): number | false {
