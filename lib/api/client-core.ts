@@ -26,6 +26,7 @@ export interface ClientInternals {
 
 /** How long close waits for the pools once nothing of ours runs on them any more. */
 const POOL_CLOSE_MS = 1_000
+const NOT_CHECKED = Symbol('no path checked yet')
 
 /**
  * Everything a client's calls share: its settings, time, the breaker, the
@@ -66,7 +67,8 @@ export class ClientCore implements CallHost {
   #onIdle: (() => void) | null = null
   #closing: Promise<void> | null = null
   // Refusals come in bulk for one path: checked once, not on every refused call.
-  #lastSendablePath: string | null = null
+  // Never a path a call can give: the first path is checked whatever it is (null included).
+  #lastSendablePath: unknown = NOT_CHECKED
 
   constructor (settings: ResolvedClientOptions, logger: Logger, internals: ClientInternals, optionPath: string) {
     this.name = settings.name
