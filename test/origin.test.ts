@@ -109,6 +109,34 @@ test('every way out of the origin is refused before anything is sent', async (t)
   t.equal(decoy.connections(), 0)
 })
 
+test('a path that is not a string rejects, never throws, on a fresh client, with a token and from stream()', async (t) => {
+  const upstream = await startUpstream((_req, res) => sendJson(res, 200, {}))
+  t.teardown(() => upstream.close())
+  const notStrings: unknown[] = [null, undefined, 42, { toString: () => '/ok' }]
+  const clientOptions: Array<[string, Partial<ClientOptions>]> = [['plain', {}], ['auth.token', { auth: { token: () => 'sk_1' } }]]
+  for (const [kind, options] of clientOptions) {
+    for (const path of notStrings) {
+      // A fresh client for each value: nothing it remembers may let one through.
+      const client = createHttpClient({ name: 'users', baseUrl: upstream.url, retry: false, ...options })
+      const calls: Array<[string, () => Promise<unknown>]> = [
+        ['get', () => client.get(path as string)],
+        ['get with options', () => client.get(path as string, {})],
+        ['stream', () => client.stream(path as string)],
+        ['stream with options', () => client.stream(path as string, { idleTimeout: 1000 })]
+      ]
+      for (const [how, call] of calls) {
+        let promise: Promise<unknown> | undefined
+        t.doesNotThrow(() => { promise = call() }, `${kind}: ${String(path)} via ${how} does not throw`)
+        const error = await rejection(promise ?? Promise.resolve())
+        t.type(error, InvalidRequestError, `${kind}: ${String(path)} via ${how} rejects`)
+      }
+      t.equal(client.stats().requests, 0)
+      await client.close()
+    }
+  }
+  t.equal(upstream.hits.length, 0, 'the upstream saw no request')
+})
+
 test('a route that passes a caller-chosen path cannot reach another host', async (t) => {
   const decoy = await startDecoy()
   t.teardown(() => decoy.close())
