@@ -4,7 +4,7 @@ import { Attempt, type AttemptHost, type AttemptOwner, type BodySink, Cut, type 
 import { admit, type AdmissionHost, isRefusal, refuse } from './admission'
 import { type CircuitBreaker, Permit, type PermitValue, Verdict } from '../policies/circuit-breaker'
 import type { Clock, RandomSource } from '../clock'
-import { AuthenticationError, type CallDetails, ClientClosedError, RateLimitedError, TimeoutError, UpstreamError, withoutStack } from '../errors'
+import { type CallDetails, ClientClosedError, RateLimitedError, TimeoutError, UpstreamError, withoutStack } from '../errors'
 import type { RetrySkipReason } from '../telemetry/events'
 import { armHedge, hedgeDue, type Hedged, type HedgeHost, sendHedge } from './hedge'
 import type { Logger } from '../logger'
@@ -12,8 +12,8 @@ import type { ResolvedBreaker } from '../options/resolve'
 import { classify, describeFailure, type Outcome, SUCCESS } from './outcome'
 import { attemptOptions, attemptTimeout } from './attempt-plan'
 import type { ReplicaSet } from '../policies/replicas'
-import { type PreparedRequest, withToken } from './prepare'
-import { isRedirect, redirectedRequest } from './redirect'
+import { followUp, type Following } from './follow-up'
+import type { PreparedRequest } from './prepare'
 import type { TokenSource } from './auth'
 import { HttpResponse } from './response'
 import { nextRetry } from './retry'
@@ -75,7 +75,7 @@ function captureSettlers (resolve: (response: HttpResponse) => void, reject: (er
  * policies in one place (`#record`), asks retry.ts whether and when to try
  * again, and settles once.
  */
-export class Call implements AttemptOwner, Hedged, TokenWaiter {
+export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
   // Set by the promise executor in start(), before anything can settle the call.
   resolve!: (response: HttpResponse) => void
   reject!: (error: unknown) => void
@@ -279,7 +279,7 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter {
     }
     // Another attempt's answer is being followed (a redirect, a resend after a 401): the call goes on.
     if (attempt.cut === Cut.Loser) return
-    if (outcome.error === undefined && this.#followUp(attempt)) return
+    if (outcome.error === undefined && followUp(this, attempt)) return
     this.#end(attempt, outcome)
   }
 
@@ -406,75 +406,32 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter {
     this.#send(Permit.Pass, true, now)
   }
 
-  // --- redirects and the resend after a 401 ---
+  // --- redirects and the resend after a 401 (follow-up.ts decides) ---
 
-  /** Follows a redirect or resends after a 401 when the call may; `false` to take the answer as it is. */
-  #followUp (attempt: Attempt): boolean {
-    const status = attempt.statusCode
-    const request = this.request
-    if (status === 401) {
-      if (request.tokenUse === null || !request.replayable) return false
-      this.#reauthenticate(attempt, request.tokenUse)
-      return true
-    }
-    if (!isRedirect(status) || request.followRedirects === 0) return false
-    const redirected = redirectedRequest(request, status, attempt.headers?.location, attempt.upstream.origin, this.host.basePath)
-    if (redirected === null) return false
-    const now = this.host.clock.now()
-    const permit = this.#followUpPermit(now)
-    if (permit === Permit.Denied) return false
-    this.request = redirected.request
-    this.finalPath = redirected.path
-    this.redirects++
-    this.host.counters.redirects++
-    this.#cancelOthers()
+  /** Sends a redirect or the resend after a 401: a request that is not an attempt; another still out is cut. */
+  sendFollowUp (permit: PermitValue, now: number): void {
+    if (this.#running !== null) this.#cancelRunning(Cut.Loser, loserReason())
     this.#send(permit, false, now, true)
+  }
+
+  /** The call waits for a new `auth` token: no attempt of it is out. */
+  awaitReauthentication (): void {
+    if (this.#running !== null) this.#cancelRunning(Cut.Loser, loserReason())
+    this.#state = State.Reauthenticating
+    this.host.waiting.add(this)
+  }
+
+  /** The new token came: `false` when the call ended meanwhile (close, the caller). */
+  resumeAfterReauthentication (): boolean {
+    if (this.#state !== State.Reauthenticating) return false
+    this.host.waiting.delete(this)
+    this.#state = State.Running
     return true
   }
 
-  /** A new token, shared with every call that got a 401 from the same one; then the one resend. */
-  #reauthenticate (answer: Attempt, use: NonNullable<PreparedRequest['tokenUse']>): void {
-    this.#cancelOthers()
-    this.#state = State.Reauthenticating
-    this.host.waiting.add(this)
-    use.source.refresh(use.token).then((token) => {
-      if (this.#state !== State.Reauthenticating) return
-      this.host.waiting.delete(this)
-      this.#state = State.Running
-      const now = this.host.clock.now()
-      const permit = this.#followUpPermit(now)
-      if (permit === Permit.Denied) {
-        this.#win(answer)
-        return
-      }
-      this.request = withToken(this.request, use.source, token, true)
-      this.#send(permit, false, now, true)
-    }, (error: unknown) => {
-      this.fail(new AuthenticationError({ clientName: this.clientName, method: this.method, path: this.path, attempts: this.attempts, cause: error }))
-    })
-  }
-
-  /**
-   * A follow-up is sent only with the breaker's permission and, under a rate
-   * limit, a token there at once (it does not wait in line): otherwise the
-   * call takes the answer it has.
-   */
-  #followUpPermit (now: number): PermitValue {
-    const host = this.host
-    let permit: PermitValue = Permit.Pass
-    if (host.breaker !== null) {
-      host.breakerLog = this.log()
-      permit = host.breaker.acquire(now)
-      host.breakerLog = host.log
-    }
-    if (permit === Permit.Denied || host.rateLimit === null || host.rateLimit.tryTake(now)) return permit
-    host.breaker?.record(permit, Verdict.None, now)
-    return Permit.Denied
-  }
-
-  /** A hedge still out when another attempt's answer is followed up is not needed any more. */
-  #cancelOthers (): void {
-    if (this.#running !== null) this.#cancelRunning(Cut.Loser, loserReason())
+  /** Ends the call with this answer. */
+  win (attempt: Attempt): void {
+    this.#win(attempt)
   }
 
   // --- the end ---
