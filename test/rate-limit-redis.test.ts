@@ -138,3 +138,46 @@ test('the client never connects or closes the Redis client it is given', async (
   t.same(touched, [])
   t.equal(await redis.ping(), 'PONG', 'still the app\'s, connected')
 })
+
+test('a fleet\'s calls wait out a pause and a Redis error; a shorter pause does not shorten a longer one', async (t) => {
+  const server = await startRedis(t)
+  const upstream = await timedUpstream(t, (index): Step => {
+    if (index === 0) return { status: 429, headers: { 'retry-after': '1' }, delayMs: 50 }
+    if (index === 1) return { status: 429, headers: { 'retry-after': '0', 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': '0.5' }, delayMs: 100 }
+    return { body: 'ok' }
+  })
+  const warnings: string[] = []
+  const redis = redisClient(t, server)
+  const client = createHttpClient({
+    name: 'maps',
+    baseUrl: upstream.url,
+    retry: false,
+    logger: { info () {}, warn (_object: object, message?: string) { warnings.push(String(message)) } },
+    rateLimit: { perSecond: 20, burst: 2, maxWaitMs: 2_000, redis, key: 'frh:test:waits', localPerSecond: 20 }
+  })
+  t.teardown(() => client.close())
+  const paused = published<RateLimitPausedEvent>(t, CHANNELS.rateLimitPaused)
+  const [first, second] = await Promise.all([client.get('/1'), client.get('/2')])
+  t.same([first.statusCode, second.statusCode], [429, 429])
+  t.same(paused.map((event) => event.pausedMs), [1_000], 'the second, shorter pause changed nothing')
+  const started = Date.now()
+  t.equal((await client.get('/3')).statusCode, 200, 'waited out the pause')
+  t.ok(Date.now() - started >= 700, 'until it ended')
+
+  // Redis fails the script (the key holds something else): this instance keeps its own limit.
+  await redis.set('frh:test:waits', 'not a bucket')
+  const [a, b] = await Promise.all([client.get('/4'), client.get('/5')])
+  t.same([a.statusCode, b.statusCode], [200, 200], 'sent under the local limit, the second after waiting its turn')
+  t.ok(warnings.some((line) => /Redis unreachable \(WRONGTYPE/.test(line)), warnings.join('\n'))
+})
+
+test('close while Redis has not answered yet leaves no timer and drops the answer', async (t) => {
+  const server = await startRedis(t)
+  const upstream = await timedUpstream(t, () => ({ body: 'ok' }))
+  const redis = redisClient(t, server)
+  const client = createHttpClient({ name: 'maps', baseUrl: upstream.url, rateLimit: { perSecond: 20, redis, key: 'frh:test:close' } })
+  const call = rejection(client.get('/'))
+  await client.close()
+  t.match(await call, { code: 'FRH_CLIENT_CLOSED' })
+  t.equal(upstream.hits.length, 0)
+})

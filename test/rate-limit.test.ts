@@ -2,6 +2,7 @@ import { test, type Test } from 'tap'
 import { ClientClosedError, RateLimitedError } from '../lib/errors'
 import { CHANNELS, type RateLimitedEvent, type RateLimitPausedEvent, type RetrySkippedEvent } from '../lib/telemetry/events'
 import { createHttpClient, type HttpClient } from '../lib/api/http-client'
+import { RetryBudget } from '../lib/policies/retry-budget'
 import { CLOCK_START, type ClockedClientOptions, ManualClock, clockedClient, until } from './helpers/manual-clock'
 import { type Step, timedUpstream, type TimedUpstream } from './helpers/timed-upstream'
 import { rejection } from './helpers/upstream'
@@ -244,4 +245,55 @@ test('a hedge never waits for a token: without one it is not sent', async (t) =>
     t.equal(client.stats().hedges, burst - 1, burst === 1 ? 'no token, no hedge' : 'a token, a hedge')
     t.equal(res.attempts, burst)
   }
+})
+
+test('a call cut from the middle of the line leaves the others\' turns as they were', async (t) => {
+  const upstream = await timedUpstream(t, ok)
+  const clock = new ManualClock()
+  const client = clocked(t, upstream, clock, { rateLimit: { perSecond: 10, burst: 1 } })
+  await client.get('/a')
+  const controller = new AbortController()
+  const b = client.get('/b')
+  const c = rejection(client.get('/c', { signal: controller.signal }))
+  const d = client.get('/d')
+  controller.abort(new Error('gone'))
+  t.match(await c, { message: 'gone' })
+  t.same(limiterTimers(clock), [100], 'the head\'s timer stays')
+  clock.advance(100)
+  await b
+  clock.advance(100)
+  await d
+  t.same(upstream.hits.map((hit) => hit.url), ['/a', '/b', '/d'])
+})
+
+test('unreadable rate-limit headers pause nothing', async (t) => {
+  const headers: Array<Record<string, string>> = [
+    { ratelimit: '"default";r=0;t=soon' },
+    { ratelimit: '"default";r=0' },
+    { ratelimit: '"default";t=5;x' },
+    { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': 'later' },
+    { 'x-ratelimit-remaining': '0' },
+    { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': String(CLOCK_START / 1000 - 5) }
+  ]
+  for (const [i, header] of headers.entries()) {
+    const upstream = await timedUpstream(t, () => ({ headers: header }))
+    const client = clocked(t, upstream, new ManualClock(), { name: `c${i}`, rateLimit: { perSecond: 10, maxWaitMs: 0 } })
+    await client.get('/a')
+    t.equal((await client.get('/b')).statusCode, 200, JSON.stringify(header))
+  }
+  const upstream = await timedUpstream(t, () => ({ status: 429, headers: { 'retry-after': 'whenever' } }))
+  const client = clocked(t, upstream, new ManualClock(), { retry: false, rateLimit: { perSecond: 10, maxWaitMs: 0 } })
+  await client.get('/a')
+  t.equal((await client.get('/b')).statusCode, 429, 'a 429 without a valid Retry-After pauses nothing')
+})
+
+test('a retry not made gives its budget back, in the second it was taken and only within the window', async (t) => {
+  const budget = new RetryBudget(0, 0.1)
+  t.ok(budget.tryAcquire(500))
+  t.notOk(budget.tryAcquire(600), 'one retry in 10 s')
+  budget.refund(500, 1_500)
+  t.ok(budget.tryAcquire(1_600), 'given back')
+  budget.refund(1_600, 20_000)
+  budget.refund(20_000, 20_000)
+  t.ok(budget.tryAcquire(20_100), 'a refund from outside the window changes nothing; none below zero')
 })

@@ -106,7 +106,6 @@ export class RedisTokens implements TokenSource {
   #asking = false
   #pausedUntil = -Infinity
   #downUntil = -Infinity
-  #closed = false
 
   constructor (options: ResolvedRateLimit, clock: Clock, hooks: FleetHooks) {
     this.#redis = options.redis as RedisLike
@@ -146,7 +145,8 @@ export class RedisTokens implements TokenSource {
 
   wakeAt (now: number): number {
     if (now < this.#pausedUntil) return this.#pausedUntil
-    if (now < this.#downUntil) return this.#fallback === null ? this.#downUntil : this.#fallback.turnAt(now, 0)
+    // While Redis is down only 'local' keeps calls waiting: 'refuse' refused them.
+    if (now < this.#downUntil) return (this.#fallback as LocalBucket).turnAt(now, 0)
     if (this.#asking || this.#held === 0) return Infinity
     return this.#tokenAt(this.#spent)
   }
@@ -169,7 +169,7 @@ export class RedisTokens implements TokenSource {
   }
 
   fill (now: number): void {
-    if (this.#asking || this.#closed || now < this.#pausedUntil || now < this.#downUntil) return
+    if (this.#asking || now < this.#pausedUntil || now < this.#downUntil) return
     const held = this.#held
     if (held > 0 && now - this.#askedAt < FRESH_MS) return
     // Tokens leased a while ago are kept, and their turn with them, once Redis says no pause was set since.
@@ -195,8 +195,8 @@ export class RedisTokens implements TokenSource {
     return true
   }
 
+  /** Answers that come after this are dropped: their timers are gone (see `#run`). */
   close (): void {
-    this.#closed = true
     for (const timer of this.#timers) this.#clock.clearTimer(timer)
     this.#timers.clear()
   }
@@ -212,11 +212,10 @@ export class RedisTokens implements TokenSource {
       this.#level = Number(level)
       this.#grantedAt = now
     }
-    if (!this.#closed) this.#hooks.wake()
+    this.#hooks.wake()
   }
 
   #down (error: unknown): void {
-    if (this.#closed) return
     this.#downUntil = this.#clock.now() + REDIS_RETRY_MS
     this.#held = 0
     this.#hooks.unreachable(error)
