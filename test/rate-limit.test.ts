@@ -1,4 +1,8 @@
+import Fastify from 'fastify'
+import { Writable } from 'node:stream'
 import { test, type Test } from 'tap'
+import resilientHttp, { requestIdGenerator } from '../plugin'
+import './helpers/fastify-types'
 import { ClientClosedError, RateLimitedError } from '../lib/errors'
 import { CHANNELS, type RateLimitedEvent, type RateLimitPausedEvent, type RetrySkippedEvent } from '../lib/telemetry/events'
 import { createHttpClient, type HttpClient } from '../lib/api/http-client'
@@ -296,4 +300,30 @@ test('a retry not made gives its budget back, in the second it was taken and onl
   budget.refund(1_600, 20_000)
   budget.refund(20_000, 20_000)
   t.ok(budget.tryAcquire(20_100), 'a refund from outside the window changes nothing; none below zero')
+})
+
+test('a refusal and a pause are logged through the request\'s logger, with its reqId and the client\'s name once', async (t) => {
+  const upstream = await timedUpstream(t, () => ({ status: 429, headers: { 'retry-after': '5' } }))
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({
+    write (chunk: Buffer, _encoding, callback) {
+      for (const raw of chunk.toString().split('\n')) if (raw !== '') lines.push(JSON.parse(raw) as Record<string, unknown>)
+      callback()
+    }
+  })
+  const app = Fastify({ logger: { stream }, genReqId: requestIdGenerator() })
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { quotes: { baseUrl: upstream.url, retry: false, rateLimit: { perSecond: 10, maxWaitMs: 0 } } } })
+  app.get('/r', async () => {
+    const first = await app.httpClients.quotes.get('/x')
+    const second = await rejection(app.httpClients.quotes.get('/y'))
+    return { first: first.statusCode, second: (second as RateLimitedError).code }
+  })
+  const reply = await app.inject({ url: '/r', headers: { 'x-request-id': 'rl-req-1' } })
+  t.same(reply.json(), { first: 429, second: 'FRH_RATE_LIMITED' })
+  const pause = lines.find((line) => String(line.msg).startsWith('rate limit paused for 5000 ms'))
+  const refusal = lines.find((line) => String(line.msg).includes('refused by the rate limit'))
+  t.match(pause, { reqId: 'rl-req-1', client: 'quotes', level: 40, reason: 'retry-after' })
+  t.match(refusal, { reqId: 'rl-req-1', client: 'quotes', path: '/y', retryAfterMs: Number })
+  t.ok((refusal?.retryAfterMs as number) > 4_000, 'the pause, then a token')
 })

@@ -94,6 +94,8 @@ test('every resilience event is one increment, on a meter provider registered af
   publish('deadline-exceeded', { client: 'synthetic', method: 'GET', path: '/', attempts: 1 })
   publish('replica', { client: 'synthetic', origin: 'http://10.0.0.5:80', ejected: true, ejectionMs: 30_000, ejections: 1 })
   publish('replica', { client: 'synthetic', origin: 'http://10.0.0.5:80', ejected: false, ejectionMs: 0, ejections: 1 })
+  publish('rate-limited', { client: 'synthetic', method: 'GET', path: '/', retryAfterMs: 100 })
+  publish('rate-limit-paused', { client: 'synthetic', pausedMs: 2_000, reason: 'retry-after' })
   // A change of the adaptive limit is a gauge's business, not an event.
   publish('concurrency-limit', { client: 'synthetic', from: 20, to: 18 })
 
@@ -110,9 +112,11 @@ test('every resilience event is one increment, on a meter provider registered af
     overloaded: { reason: undefined, value: 1 },
     deadline_exceeded: { reason: undefined, value: 1 },
     replica_ejected: { reason: undefined, value: 1 },
-    replica_returned: { reason: undefined, value: 1 }
+    replica_returned: { reason: undefined, value: 1 },
+    rate_limited: { reason: undefined, value: 1 },
+    rate_limit_paused: { reason: 'retry-after', value: 1 }
   })
-  t.equal(points.length, 11, 'no other attribute set')
+  t.equal(points.length, 13, 'no other attribute set')
 })
 
 test('the propagator\'s header names are known, lower-case', async (t) => {
