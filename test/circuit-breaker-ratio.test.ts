@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import type { ServerResponse } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
@@ -8,7 +9,7 @@ import { createHttpClient } from '../lib/api/http-client'
 import type { Logger } from '../lib/logger'
 import type { RandomSource } from '../lib/clock'
 import { type ClockedClientOptions, ManualClock, clockedClient, until } from './helpers/manual-clock'
-import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
+import { type Hit, sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
 import { dispatcherOption } from './helpers/dispatcher'
 import { published } from './helpers/wait'
 
@@ -19,18 +20,37 @@ const thirtyPercent = (index: number): number => [0, 3, 6].includes(index % 10) 
 /** One call in twenty fails. */
 const fivePercent = (index: number): number => index % 20 === 7 ? 503 : 200
 
+/**
+ * An upstream that counts and answers only requests under its own random
+ * base path (`url` includes it); anything else gets a 421, uncounted. On a
+ * busy machine a port freed by another process's test may be given to this
+ * one while that process's client still sends to it: such a request must not
+ * take the index the first call's status was chosen for.
+ */
+async function ownUpstream (t: Test, handler: (res: ServerResponse, index: number) => void): Promise<Upstream> {
+  const basePath = `/${randomUUID()}`
+  const hits: Hit[] = []
+  const upstream = await startUpstream((_req, res, hit) => {
+    if (!hit.url.startsWith(`${basePath}/`)) {
+      res.writeHead(421).end()
+      return
+    }
+    hits.push(hit)
+    handler(res, hits.length - 1)
+  })
+  t.teardown(() => upstream.close())
+  return { ...upstream, url: upstream.url + basePath, hits }
+}
+
 /** An upstream that answers the status `statusOf` gives each request's index. */
 async function statusUpstream (t: Test, statusOf: (index: number) => number): Promise<Upstream> {
-  const upstream = await startUpstream((_req, res, _hit, index) => sendJson(res, statusOf(index), { index }))
-  t.teardown(() => upstream.close())
-  return upstream
+  return ownUpstream(t, (res, index) => { sendJson(res, statusOf(index), { index }) })
 }
 
 /** An upstream that holds every request until the test releases it, so the manual clock can move while they wait. */
 async function heldUpstream (t: Test): Promise<Upstream & { held: ServerResponse[], release(status: number): void }> {
   const held: ServerResponse[] = []
-  const upstream = await startUpstream((_req, res) => { held.push(res) })
-  t.teardown(() => upstream.close())
+  const upstream = await ownUpstream(t, (res) => { held.push(res) })
   return Object.assign(upstream, {
     held,
     release (status: number) {
