@@ -1,7 +1,7 @@
 import type { Attempt } from './attempt'
 import { Cut } from './attempt'
 import type { Clock } from '../clock'
-import { type CallDetails, failureKind, HttpClientError, InvalidRequestError, UpstreamError } from '../errors'
+import { type CallDetails, failureKind, InvalidRequestError, UpstreamError } from '../errors'
 import type { ResolvedBreaker, ResolvedRetry } from '../options/resolve'
 import { Verdict, type VerdictValue } from '../policies/circuit-breaker'
 import { retryAfterDelay } from './backoff'
@@ -92,7 +92,7 @@ export function classify (attempt: Attempt, call: CallDetails, retry: ResolvedRe
         unprocessed: reached === true,
         askedWaitMs: undefined,
         opensCircuitMs: 0,
-        error: error instanceof HttpClientError ? error : new UpstreamError(detailsOf(call, error))
+        error: new UpstreamError(detailsOf(call, error))
       }
     }
     case Cut.Timeout:
