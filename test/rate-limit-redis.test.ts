@@ -181,3 +181,21 @@ test('close while Redis has not answered yet leaves no timer and drops the answe
   t.match(await call, { code: 'FRH_CLIENT_CLOSED' })
   t.equal(upstream.hits.length, 0)
 })
+
+test('a drained fleet bucket refuses at once, without asking Redis again until a token is within reach', async (t) => {
+  const server = await startRedis(t)
+  const upstream = await timedUpstream(t, () => ({ body: 'ok' }))
+  const redis = redisClient(t, server)
+  const options = { perSecond: 2, burst: 1, maxWaitMs: 100, key: 'frh:test:drained' }
+  const a = fleetClient(t, upstream.url, { ...options, redis }, 'a')
+  const b = fleetClient(t, upstream.url, { ...options, redis }, 'b')
+  t.equal((await a.get('/')).statusCode, 200, 'the one token')
+  const before = Number(/cmdstat_evalsha:calls=(\d+)/.exec(await redis.info('commandstats'))?.[1] ?? 0)
+  const refused = await rejection(b.get('/'))
+  t.type(refused, RateLimitedError)
+  t.ok((refused as RateLimitedError).retryAfterMs > 100, 'the next token is half a second away')
+  for (let i = 0; i < 5; i++) t.type(await rejection(b.get('/')), RateLimitedError)
+  const after = Number(/cmdstat_evalsha:calls=(\d+)/.exec(await redis.info('commandstats'))?.[1] ?? 0)
+  t.ok(after - before <= 2, `Redis asked once, not for every call (${after - before})`)
+  t.equal(upstream.hits.length, 1)
+})

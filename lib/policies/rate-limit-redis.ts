@@ -106,6 +106,8 @@ export class RedisTokens implements TokenSource {
   #asking = false
   #pausedUntil = -Infinity
   #downUntil = -Infinity
+  /** Redis had no token within `maxWaitMs` to lease: it is not asked again before this. */
+  #nextAskAt = -Infinity
 
   constructor (options: ResolvedRateLimit, clock: Clock, hooks: FleetHooks) {
     this.#redis = options.redis as RedisLike
@@ -139,7 +141,11 @@ export class RedisTokens implements TokenSource {
     const held = this.#held
     if (index < held) return Math.max(start, this.#tokenAt(this.#spent + index))
     // Past the lease, an estimate: Redis has the next token now, and then one every 1/perSecond.
-    if (held === 0) return start + index / this.#perMs
+    if (held === 0) {
+      // Redis said when its next token comes: until then no lease is asked for.
+      const next = now < this.#nextAskAt ? this.#tokenAt(0) : start
+      return Math.max(start, next) + index / this.#perMs
+    }
     return Math.max(start, this.#tokenAt(this.#spent + held - 1)) + (index - held + 1) / this.#perMs
   }
 
@@ -147,7 +153,8 @@ export class RedisTokens implements TokenSource {
     if (now < this.#pausedUntil) return this.#pausedUntil
     // While Redis is down only 'local' keeps calls waiting: 'refuse' refused them.
     if (now < this.#downUntil) return (this.#fallback as LocalBucket).turnAt(now, 0)
-    if (this.#asking || this.#held === 0) return Infinity
+    if (this.#asking) return Infinity
+    if (this.#held === 0) return now < this.#nextAskAt ? this.#nextAskAt : Infinity
     return this.#tokenAt(this.#spent)
   }
 
@@ -169,7 +176,7 @@ export class RedisTokens implements TokenSource {
   }
 
   fill (now: number): void {
-    if (this.#asking || now < this.#pausedUntil || now < this.#downUntil) return
+    if (this.#asking || now < this.#pausedUntil || now < this.#downUntil || now < this.#nextAskAt) return
     const held = this.#held
     if (held > 0 && now - this.#askedAt < FRESH_MS) return
     // Tokens leased a while ago are kept, and their turn with them, once Redis says no pause was set since.
@@ -211,6 +218,7 @@ export class RedisTokens implements TokenSource {
       this.#spent = 0
       this.#level = Number(level)
       this.#grantedAt = now
+      if (granted === 0) this.#nextAskAt = this.#tokenAt(0) - this.#options.maxWaitMs
     }
     this.#hooks.wake()
   }
