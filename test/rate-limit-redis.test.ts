@@ -37,7 +37,8 @@ async function outcomes (calls: Array<Promise<unknown>>): Promise<{ sent: number
 test('two clients on one key share one bucket: a burst of 10 between them, not 10 each', async (t) => {
   const server = await startRedis(t)
   const upstream = await timedUpstream(t, () => ({ body: 'ok' }))
-  const limit = { perSecond: 2, burst: 10, maxWaitMs: 0, key: 'frh:test:shared', lease: 2 }
+  // A busy machine's slow answer must not send an instance to its own fallback limit: this is about the shared one.
+  const limit = { perSecond: 2, burst: 10, maxWaitMs: 0, key: 'frh:test:shared', lease: 2, redisTimeoutMs: 2_000 }
   const a = fleetClient(t, upstream.url, { ...limit, redis: redisClient(t, server) }, 'a')
   const b = fleetClient(t, upstream.url, { ...limit, redis: redisClient(t, server) }, 'b')
   const started = Date.now()
@@ -75,7 +76,7 @@ test('a 429 with Retry-After pauses the whole fleet: every instance learns it an
     return { status: 429, headers: { 'retry-after': '1' } }
   })
   const paused = published<RateLimitPausedEvent>(t, CHANNELS.rateLimitPaused)
-  const limit = { perSecond: 100, maxWaitMs: 0, key: 'frh:test:pause' }
+  const limit = { perSecond: 100, maxWaitMs: 0, key: 'frh:test:pause', redisTimeoutMs: 2_000 }
   const a = fleetClient(t, upstream.url, { ...limit, redis: redisClient(t, server) }, 'a')
   const b = fleetClient(t, upstream.url, { ...limit, redis: redisClient(t, server) }, 'b')
   for (let i = 0; i < 4; i++) await a.get('/a')
@@ -186,7 +187,7 @@ test('a drained fleet bucket refuses at once, without asking Redis again until a
   const server = await startRedis(t)
   const upstream = await timedUpstream(t, () => ({ body: 'ok' }))
   const redis = redisClient(t, server)
-  const options = { perSecond: 2, burst: 1, maxWaitMs: 100, key: 'frh:test:drained' }
+  const options = { perSecond: 2, burst: 1, maxWaitMs: 100, key: 'frh:test:drained', redisTimeoutMs: 2_000 }
   const a = fleetClient(t, upstream.url, { ...options, redis }, 'a')
   const b = fleetClient(t, upstream.url, { ...options, redis }, 'b')
   t.equal((await a.get('/')).statusCode, 200, 'the one token')
