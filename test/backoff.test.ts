@@ -89,3 +89,7 @@ test('through the client, the waits asked of the clock are exactly the backoff v
     t.same(await waitsOf(t, 'full', () => 0.25), [50, 100])
   })
 })
+
+test('a Retry-After date that does not parse sets no wait', async (t) => {
+  t.equal(retryAfterDelay('Mon, 99 Foo 2024 99:99:99 GMT', 0), undefined)
+})

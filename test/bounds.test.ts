@@ -1,9 +1,9 @@
 import type { Socket } from 'node:net'
 import Fastify from 'fastify'
 import { test, type Test } from 'tap'
-import resilientHttp, { CircuitOpenError, createHttpClient, currentRequestId, type HttpClient, TimeoutError } from '../plugin'
+import resilientHttp, { CircuitOpenError, currentRequestId, type HttpClient, TimeoutError } from '../plugin'
 import './helpers/fastify-types'
-import { sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
+import { clientFor, sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
 
 // Every bound ends a call on time in every phase of an attempt. Wall-clock
 // bounds are loose (a busy machine), but far below the 2-3 s the held
@@ -25,10 +25,8 @@ async function holdingUpstream (t: Test): Promise<Upstream> {
   return upstream
 }
 
-function clientFor (t: Test, upstream: Upstream, options: Record<string, unknown> = {}): HttpClient {
-  const client = createHttpClient({ name: 'bounded', baseUrl: upstream.url, retry: false, circuitBreaker: false, ...options })
-  t.teardown(() => client.close())
-  return client
+function boundedClient (t: Test, upstream: Upstream, options: Record<string, unknown> = {}): HttpClient {
+  return clientFor(t, { name: 'bounded', baseUrl: upstream.url, retry: false, circuitBreaker: false, ...options })
 }
 
 async function elapsedOf (promise: Promise<unknown>): Promise<{ error: unknown, ms: number }> {
@@ -39,7 +37,7 @@ async function elapsedOf (promise: Promise<unknown>): Promise<{ error: unknown, 
 
 test('waiting for a connection: timeout, totalTimeout and the caller\'s signal end the call on time', async (t) => {
   const upstream = await holdingUpstream(t)
-  const client = clientFor(t, upstream, { pool: { connections: 1 } })
+  const client = boundedClient(t, upstream, { pool: { connections: 1 } })
   const held = client.get('/hold')
   while (upstream.hits.length === 0) await new Promise((resolve) => setTimeout(resolve, 5))
 
@@ -63,7 +61,7 @@ test('waiting for a connection: timeout, totalTimeout and the caller\'s signal e
 
 test('the 129th of 129 slow calls on the default pool times out on time', async (t) => {
   const upstream = await holdingUpstream(t)
-  const client = clientFor(t, upstream)
+  const client = boundedClient(t, upstream)
   const slow = Array.from({ length: 128 }, (_, i) => rejection(client.get(`/hold/${i}`)))
   const last = await elapsedOf(client.get('/hold/last', { timeout: 200 }))
   t.ok(last.error instanceof TimeoutError, 'TimeoutError')
@@ -77,7 +75,7 @@ test('a connect that never completes is bounded by the attempt timeout, not undi
   let connects = 0
   // A connector that never calls back: a SYN the network drops.
   const hanging = (): void => { connects++ }
-  const client = clientFor(t, upstream, { pool: { connect: hanging } })
+  const client = boundedClient(t, upstream, { pool: { connect: hanging } })
   const { error, ms } = await elapsedOf(client.get('/x', { timeout: 300 }))
   t.ok(error instanceof TimeoutError, 'TimeoutError')
   t.ok(ms >= 290 && ms < LATE_MS, `ended after ${Math.round(ms)} ms`)
@@ -92,7 +90,7 @@ test('a 503 whose body is cut is one failure for the breaker, not two', async (t
     setTimeout(() => res.socket?.destroy(), 20)
   })
   t.teardown(() => upstream.close())
-  const client = clientFor(t, upstream, { circuitBreaker: { failureThreshold: 2, recoveryMs: 60_000 } })
+  const client = boundedClient(t, upstream, { circuitBreaker: { failureThreshold: 2, recoveryMs: 60_000 } })
   await rejection(client.get('/cut'))
   t.equal(client.stats().circuit, 'closed', 'one attempt, one failure: below the threshold of 2')
   await rejection(client.get('/cut'))
@@ -101,7 +99,7 @@ test('a 503 whose body is cut is one failure for the breaker, not two', async (t
 
 test('the system clock stepping back does not stretch a timeout or an open circuit', async (t) => {
   const upstream = await holdingUpstream(t)
-  const client = clientFor(t, upstream, { circuitBreaker: { failureThreshold: 1, recoveryMs: 1_000 } })
+  const client = boundedClient(t, upstream, { circuitBreaker: { failureThreshold: 1, recoveryMs: 1_000 } })
   const realNow = Date.now
   t.teardown(() => { Date.now = realNow })
   const call = elapsedOf(client.get('/hold', { timeout: 300 }))
@@ -152,7 +150,7 @@ test('sockets are left idle after the bounds fire', async (t) => {
   const upstream = await holdingUpstream(t)
   const sockets: Socket[] = []
   upstream.server.on('connection', (socket: Socket) => { sockets.push(socket) })
-  const client = clientFor(t, upstream, { pool: { connections: 2 } })
+  const client = boundedClient(t, upstream, { pool: { connections: 2 } })
   await rejection(client.get('/hold', { timeout: 100 }))
   for (let i = 0; i < 100 && (client.stats().pool?.running ?? 0) > 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
   t.equal(client.stats().pool?.running, 0, 'the timed-out attempt does not keep its socket busy')
@@ -162,10 +160,10 @@ test('sockets are left idle after the bounds fire', async (t) => {
 test('the client\'s own timer bounds an attempt; undici\'s header and body timers run only when set in pool', async (t) => {
   const upstream = await holdingUpstream(t)
 
-  const ours = await elapsedOf(clientFor(t, upstream).get('/hold', { timeout: 200 }))
+  const ours = await elapsedOf(boundedClient(t, upstream).get('/hold', { timeout: 200 }))
   t.ok(ours.error instanceof TimeoutError && ours.error.kind === 'attempt', 'by default, the attempt timeout ends it')
 
-  const undiciTimed = clientFor(t, upstream, { pool: { headersTimeout: 100 } })
+  const undiciTimed = boundedClient(t, upstream, { pool: { headersTimeout: 100 } })
   const theirs = await elapsedOf(undiciTimed.get('/hold', { timeout: 2_500 }))
   const cause = (theirs.error as { cause?: { code?: string } }).cause
   t.equal(cause?.code, 'UND_ERR_HEADERS_TIMEOUT', 'pool.headersTimeout set: undici\'s timer fires first')

@@ -3,23 +3,15 @@ import net from 'node:net'
 import { test, type Test } from 'tap'
 import { Client, type Dispatcher, Pool } from 'undici'
 import { CHANNELS, createHttpClient, type HttpClient, InvalidOptionsError, UpstreamError } from '../plugin'
-import { refusedPort, rejection, sendJson, startUpstream, type Upstream } from './helpers/upstream'
+import { clientFor, refusedPort, rejection, sendJson, type Upstream, upstreamFor } from './helpers/upstream'
 import { eventually } from './helpers/wait'
 
 // A client's own connections: undici Clients it makes as needed, up to
 // `pool.connections`, each taking `pool.pipelining` attempts at once; the
 // attempts beyond wait in the client's admission queue.
 
-async function upstreamFor (t: Test, handler: Parameters<typeof startUpstream>[0]): Promise<Upstream> {
-  const upstream = await startUpstream(handler)
-  t.teardown(() => upstream.close())
-  return upstream
-}
-
-function clientFor (t: Test, baseUrl: string, pool: Record<string, unknown>, options: Record<string, unknown> = {}): HttpClient {
-  const client = createHttpClient({ name: 'conns', baseUrl, retry: false, pool, ...options })
-  t.teardown(() => client.close())
-  return client
+function poolClient (t: Test, baseUrl: string, pool: Record<string, unknown>, options: Record<string, unknown> = {}): HttpClient {
+  return clientFor(t, { name: 'conns', baseUrl, retry: false, pool, ...options })
 }
 
 /** An upstream that holds every request until `release()`, then answers each with the port it came from. */
@@ -69,7 +61,7 @@ function countingFactory (made: Client[]): (origin: URL, options: Client.Options
 
 test('attempts beyond the connections wait in the queue, counted as queued, and go out as connections free up', async (t) => {
   const upstream = await heldUpstream(t)
-  const client = clientFor(t, upstream.url, { connections: 2 })
+  const client = poolClient(t, upstream.url, { connections: 2 })
   const calls = Array.from({ length: 5 }, async () => (await client.get('/held')).json())
   t.ok(await eventually(() => upstream.held() === 2), 'two requests reach the upstream')
   t.match(client.stats().pool, { connected: 2, running: 2, queued: 3, pending: 3, size: 5, free: 0 })
@@ -85,7 +77,7 @@ test('attempts beyond the connections wait in the queue, counted as queued, and 
 
 test('pipelining: a connection takes that many attempts at once before another is made', async (t) => {
   const upstream = await heldUpstream(t)
-  const client = clientFor(t, upstream.url, { connections: 2, pipelining: 3 })
+  const client = poolClient(t, upstream.url, { connections: 2, pipelining: 3 })
   const calls = Array.from({ length: 4 }, async () => (await client.get('/held')).json())
   // A pipelined request reaches Node's server only once the one before it is answered.
   t.ok(await eventually(() => upstream.held() === 2), 'the heads of both connections reach the upstream')
@@ -104,7 +96,7 @@ test('pipelining: a connection takes that many attempts at once before another i
 test('a connection whose connect failed is not used again: the next attempt gets a new one', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { ok: true }))
   const made: Client[] = []
-  const client = clientFor(t, upstream.url, { connections: 1, connect: refuseFirstConnect(false), factory: countingFactory(made) })
+  const client = poolClient(t, upstream.url, { connections: 1, connect: refuseFirstConnect(false), factory: countingFactory(made) })
   const error = await rejection(client.get('/first'))
   t.ok(error instanceof UpstreamError, 'the refused connect fails the attempt')
   t.equal((await client.get('/second')).statusCode, 200, 'the next call is answered')
@@ -116,7 +108,7 @@ test('an attempt queued behind a failed connect goes out on a new connection', a
   const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { ok: true }))
   const made: Client[] = []
   // Refused on the next turn of the loop: the second call is queued by then.
-  const client = clientFor(t, upstream.url, { connections: 1, connect: refuseFirstConnect(true), factory: countingFactory(made) })
+  const client = poolClient(t, upstream.url, { connections: 1, connect: refuseFirstConnect(true), factory: countingFactory(made) })
   const first = rejection(client.get('/first'))
   const second = client.get('/second')
   t.match(client.stats().pool, { queued: 1 }, 'the second call waits for the only connection')
@@ -135,7 +127,7 @@ test('clientTtl with pipelining: a connection past its ttl with an attempt on it
     else answer()
   })
   // A ttl long enough that the new connection outlives the rest of the test on a busy machine.
-  const client = clientFor(t, upstream.url, { connections: 1, pipelining: 2, clientTtl: TTL_MS })
+  const client = poolClient(t, upstream.url, { connections: 1, pipelining: 2, clientTtl: TTL_MS })
   const slow = client.get('/slow')
   t.ok(await eventually(() => upstream.hits.length === 1), 'the slow call reached the upstream')
   await new Promise((resolve) => setTimeout(resolve, PAST_TTL_MS))
@@ -150,7 +142,7 @@ test('clientTtl with pipelining: a connection past its ttl with an attempt on it
 
 test('a call made synchronously while undici reports a failed connect waits for undici to finish, then goes out', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { ok: true }))
-  const client = clientFor(t, upstream.url, { connections: 1, connect: refuseFirstConnect(true) }, { retry: { backoffInitialMs: 1, backoffMaxMs: 1, budget: false } })
+  const client = poolClient(t, upstream.url, { connections: 1, connect: refuseFirstConnect(true) }, { retry: { backoffInitialMs: 1, backoffMaxMs: 1, budget: false } })
   // A retry event is published from inside undici's connect-error callback; a subscriber calls at once.
   let fromSubscriber: Promise<number> | undefined
   const onRetry = (): void => {
@@ -165,7 +157,7 @@ test('a call made synchronously while undici reports a failed connect waits for 
 test('failed connects over and over do not pile up connections', async (t) => {
   const port = await refusedPort()
   const made: Client[] = []
-  const client = clientFor(t, `http://127.0.0.1:${port}`, { connections: 2, factory: countingFactory(made) }, { circuitBreaker: false })
+  const client = poolClient(t, `http://127.0.0.1:${port}`, { connections: 2, factory: countingFactory(made) }, { circuitBreaker: false })
   for (let i = 0; i < 20; i++) t.ok(await rejection(client.get('/refused')) instanceof UpstreamError)
   t.equal(made.length, 20, 'each refused connect retires its connection')
   t.match(client.stats().pool, { connected: 0, running: 0, queued: 0, size: 0 })
@@ -173,7 +165,7 @@ test('failed connects over and over do not pile up connections', async (t) => {
 
 test('clientTtl: a connection older than it is closed when it would next be taken', async (t) => {
   const upstream = await upstreamFor(t, (req, res) => sendJson(res, 200, { port: req.socket.remotePort }))
-  const client = clientFor(t, upstream.url, { connections: 1, clientTtl: TTL_MS })
+  const client = poolClient(t, upstream.url, { connections: 1, clientTtl: TTL_MS })
   const first = await (await client.get('/a')).json() as { port: number }
   const again = await (await client.get('/b')).json() as { port: number }
   t.equal(again.port, first.port, 'within the ttl the socket is kept')
@@ -185,7 +177,7 @@ test('clientTtl: a connection older than it is closed when it would next be take
 
 test('clientTtl runs on the monotonic clock: the system clock stepping back does not keep an old connection', async (t) => {
   const upstream = await upstreamFor(t, (req, res) => sendJson(res, 200, { port: req.socket.remotePort }))
-  const client = clientFor(t, upstream.url, { connections: 1, clientTtl: TTL_MS })
+  const client = poolClient(t, upstream.url, { connections: 1, clientTtl: TTL_MS })
   const first = await (await client.get('/a')).json() as { port: number }
   const realNow = Date.now
   t.teardown(() => { Date.now = realNow })
@@ -198,7 +190,7 @@ test('clientTtl runs on the monotonic clock: the system clock stepping back does
 test('a factory given in pool makes the connections', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { ok: true }))
   const origins: string[] = []
-  const client = clientFor(t, upstream.url, {
+  const client = poolClient(t, upstream.url, {
     connections: 3,
     factory (origin: URL, options: Client.Options): Dispatcher {
       origins.push(origin.origin)
@@ -211,7 +203,7 @@ test('a factory given in pool makes the connections', async (t) => {
 
 test('a factory whose dispatcher keeps no stats: the pool stats count it as nothing', async (t) => {
   const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { ok: true }))
-  const client = clientFor(t, upstream.url, {
+  const client = poolClient(t, upstream.url, {
     factory (origin: URL, options: Client.Options): Dispatcher {
       const inner = new Client(origin, options)
       // A dispatcher with only what undici's handler API needs.
@@ -231,7 +223,7 @@ test('a given undici Pool: its own stats are the client\'s pool stats', async (t
   const upstream = await upstreamFor(t, (_req, res) => sendJson(res, 200, { ok: true }))
   const pool = new Pool(upstream.url, { connections: 2 })
   t.teardown(() => pool.close())
-  const client = clientFor(t, upstream.url, {}, { dispatcher: pool })
+  const client = poolClient(t, upstream.url, {}, { dispatcher: pool })
   t.equal((await client.get('/x')).statusCode, 200)
   t.match(client.stats().pool, { connected: 1, running: 0, queued: 0 })
 })

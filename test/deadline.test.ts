@@ -11,17 +11,11 @@ import resilientHttp, {
 import type { PluginOptions } from '../lib/types'
 import { runChildThatMustExit } from './helpers/child-process'
 import './helpers/fastify-types'
-import { type Handler, sendJson, startUpstream, type Upstream, rejection } from './helpers/upstream'
+import { type Handler, sendJson, rejection, upstreamFor } from './helpers/upstream'
 
 const HEADER = 'x-request-timeout-ms'
 // Wall-clock bounds are deliberately loose: the machine running the suite may be busy.
 const SLACK_MS = 1_500
-
-async function upstreamFor (t: Test, handler: Handler): Promise<Upstream> {
-  const upstream = await startUpstream(handler)
-  t.teardown(() => upstream.close())
-  return upstream
-}
 
 const answerOk: Handler = (_req, res) => { sendJson(res, 200, { ok: true }) }
 

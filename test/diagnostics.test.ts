@@ -4,12 +4,12 @@ import Fastify from 'fastify'
 import pino from 'pino'
 import { test, type Test } from 'tap'
 import resilientHttp from '../plugin'
-import { createHttpClient, type HttpClient } from '../lib/api/http-client'
+import { type HttpClient } from '../lib/api/http-client'
 import { CHANNELS, type CircuitEvent, type RetryEvent, type RetrySkippedEvent } from '../lib/telemetry/events'
 import type { ClientOptions } from '../lib/types'
 import './helpers/fastify-types'
 import { ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
-import { type Handler, sendJson, startUpstream, type Upstream, refusedPort } from './helpers/upstream'
+import { clientFor, type Handler, sendJson, refusedPort, upstreamFor } from './helpers/upstream'
 
 /** Timeouts that only a hung call reaches, so a busy machine cannot fail these tests. */
 const PATIENT = { timeout: 60_000, totalTimeout: 120_000 }
@@ -40,16 +40,8 @@ function capturingLogger (): { logger: pino.Logger, lines: LogLine[] } {
   return { logger, lines }
 }
 
-async function upstreamFor (t: Test, handler: Handler): Promise<Upstream> {
-  const upstream = await startUpstream(handler)
-  t.teardown(() => upstream.close())
-  return upstream
-}
-
-function clientFor (t: Test, name: string, baseUrl: string, options: ClientOptions = {}, logger?: pino.Logger): HttpClient {
-  const client = createHttpClient({ name, baseUrl, circuitBreaker: false, retry: QUICK, logger, ...PATIENT, ...options })
-  t.teardown(() => client.close())
-  return client
+function namedClient (t: Test, name: string, baseUrl: string, options: ClientOptions = {}, logger?: pino.Logger): HttpClient {
+  return clientFor(t, { name, baseUrl, circuitBreaker: false, retry: QUICK, logger, ...PATIENT, ...options })
 }
 
 function always (status: number, headers: Record<string, string> = {}): Handler {
@@ -64,7 +56,7 @@ test('each retry publishes client, method, path, attempt, reason and wait', asyn
   const retries = listen<RetryEvent>(t, CHANNELS.retry, 'retrying')
   const skipped = listen<RetrySkippedEvent>(t, CHANNELS.retrySkipped, 'retrying')
   const upstream = await upstreamFor(t, failing(503, 2))
-  const client = clientFor(t, 'retrying', upstream.url)
+  const client = namedClient(t, 'retrying', upstream.url)
   const res = await client.get('/orders', { query: { page: 2 } })
   t.equal(res.attempts, 3)
   t.same(retries, [
@@ -79,7 +71,7 @@ test('a transport failure and a timeout are named in the reason', async (t) => {
     const retries = listen<RetryEvent>(t, CHANNELS.retry, 'refused')
     const skipped = listen<RetrySkippedEvent>(t, CHANNELS.retrySkipped, 'refused')
     const port = await refusedPort()
-    const client = clientFor(t, 'refused', `http://127.0.0.1:${port}`, { retry: { ...QUICK, maxAttempts: 2 } })
+    const client = namedClient(t, 'refused', `http://127.0.0.1:${port}`, { retry: { ...QUICK, maxAttempts: 2 } })
     await client.delete('/session').catch(() => {})
     t.same(retries.map((event) => [event.method, event.reason, event.attempt]), [['DELETE', 'ECONNREFUSED', 1]])
     t.same(skipped.map((event) => [event.skipped, event.reason, event.attempt]), [['attempts', 'ECONNREFUSED', 2]])
@@ -125,7 +117,7 @@ test('each retry not made publishes why', async (t) => {
       const retries = listen<RetryEvent>(t, CHANNELS.retry, name)
       const { logger, lines } = capturingLogger()
       const upstream = await upstreamFor(t, handler)
-      const client = clientFor(t, name, upstream.url, options, logger)
+      const client = namedClient(t, name, upstream.url, options, logger)
       await call(client)
       t.equal(skipped.length, 1)
       t.match(skipped[0], { client: name, ...expected })
@@ -142,7 +134,7 @@ test('each retry not made publishes why', async (t) => {
 test('a call with retries turned off publishes no skipped retry', async (t) => {
   const skipped = listen<RetrySkippedEvent>(t, CHANNELS.retrySkipped, 'no_retry')
   const upstream = await upstreamFor(t, always(503))
-  const client = clientFor(t, 'no_retry', upstream.url, { retry: false })
+  const client = namedClient(t, 'no_retry', upstream.url, { retry: false })
   t.equal((await client.get('/x')).statusCode, 503)
   t.same(skipped, [])
 })
@@ -184,7 +176,7 @@ test('breaker transitions are published and logged', async (t) => {
 test("log lines come from a child logger bound to the client's name", async (t) => {
   const { logger, lines } = capturingLogger()
   const upstream = await upstreamFor(t, failing(503, 1))
-  const client = clientFor(t, 'inventory', upstream.url, {}, logger)
+  const client = namedClient(t, 'inventory', upstream.url, {}, logger)
   await client.get('/stock')
   t.equal(lines.length, 1)
   t.match(lines[0], {

@@ -1,9 +1,9 @@
 import { Readable } from 'node:stream'
 import { test, type Test } from 'tap'
 import { UpstreamError } from '../lib/errors'
-import { createHttpClient, type HttpClient } from '../lib/api/http-client'
+import { type HttpClient } from '../lib/api/http-client'
 import type { ClientOptions } from '../lib/types'
-import { type Handler, sendJson, startUpstream, type Upstream, refusedPort, rejection } from './helpers/upstream'
+import { clientFor, type Handler, sendJson, refusedPort, rejection, upstreamFor } from './helpers/upstream'
 
 /** Timeouts that only a hung call reaches, so a busy machine cannot fail these tests. */
 const PATIENT = { timeout: 60_000, totalTimeout: 120_000 }
@@ -11,16 +11,8 @@ const PATIENT = { timeout: 60_000, totalTimeout: 120_000 }
 const QUICK = { backoffInitialMs: 1, backoffMaxMs: 2, jitter: 'none' } as const
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
-async function upstreamFor (t: Test, handler: Handler): Promise<Upstream> {
-  const upstream = await startUpstream(handler)
-  t.teardown(() => upstream.close())
-  return upstream
-}
-
-function clientFor (t: Test, baseUrl: string, retry: ClientOptions['retry'] = QUICK): HttpClient {
-  const client = createHttpClient({ name: 'svc', baseUrl, circuitBreaker: false, retry, ...PATIENT })
-  t.teardown(() => client.close())
-  return client
+function svcClient (t: Test, baseUrl: string, retry: ClientOptions['retry'] = QUICK): HttpClient {
+  return clientFor(t, { name: 'svc', baseUrl, circuitBreaker: false, retry, ...PATIENT })
 }
 
 /** Answers `status` to the first `failures` hits, then 200. */
@@ -41,7 +33,7 @@ function resetting (failures: number): Handler {
 
 test('a POST without a key is sent once on a 503 and resolves with it', async (t) => {
   const upstream = await upstreamFor(t, failing(503, 5))
-  const client = clientFor(t, upstream.url)
+  const client = svcClient(t, upstream.url)
   const res = await client.post('/charge', { json: { amount: 1 } })
   t.equal(res.statusCode, 503)
   t.equal(res.attempts, 1)
@@ -51,7 +43,7 @@ test('a POST without a key is sent once on a 503 and resolves with it', async (t
 
 test('a POST whose connection drops after it was written is sent once and rejects', async (t) => {
   const upstream = await upstreamFor(t, resetting(5))
-  const client = clientFor(t, upstream.url)
+  const client = svcClient(t, upstream.url)
   const error = await rejection(client.post('/charge', { json: { amount: 1 } }))
   t.ok(error instanceof UpstreamError, 'UpstreamError')
   t.equal((error as UpstreamError).attempts, 1)
@@ -61,7 +53,7 @@ test('a POST whose connection drops after it was written is sent once and reject
 
 test('a POST is retried when the connection was refused: it never left', async (t) => {
   const port = await refusedPort()
-  const client = clientFor(t, `http://127.0.0.1:${port}`)
+  const client = svcClient(t, `http://127.0.0.1:${port}`)
   const error = await rejection(client.post('/charge', { json: { amount: 1 } }))
   t.ok(error instanceof UpstreamError)
   t.equal((error as UpstreamError).attempts, 3)
@@ -70,7 +62,7 @@ test('a POST is retried when the connection was refused: it never left', async (
 
 test('a POST is retried on a 429: the upstream refused it unprocessed', async (t) => {
   const upstream = await upstreamFor(t, failing(429, 2))
-  const client = clientFor(t, upstream.url)
+  const client = svcClient(t, upstream.url)
   const res = await client.post('/charge', { json: { amount: 1 } })
   t.equal(res.statusCode, 200)
   t.equal(res.attempts, 3)
@@ -79,7 +71,7 @@ test('a POST is retried on a 429: the upstream refused it unprocessed', async (t
 
 test('idempotencyKey: true sends one generated key, the same on every attempt', async (t) => {
   const upstream = await upstreamFor(t, failing(503, 2))
-  const client = clientFor(t, upstream.url)
+  const client = svcClient(t, upstream.url)
   const res = await client.post('/charge', { json: { amount: 1 }, idempotencyKey: true })
   t.equal(res.statusCode, 200)
   t.equal(res.attempts, 3)
@@ -95,7 +87,7 @@ test('idempotencyKey: true sends one generated key, the same on every attempt', 
 
 test('a given idempotencyKey string is sent on every attempt', async (t) => {
   const upstream = await upstreamFor(t, failing(503, 1))
-  const client = clientFor(t, upstream.url)
+  const client = svcClient(t, upstream.url)
   const res = await client.patch('/order/1', { json: { state: 'paid' }, idempotencyKey: 'order-1-paid' })
   t.equal(res.statusCode, 200)
   t.equal(res.attempts, 2)
@@ -104,7 +96,7 @@ test('a given idempotencyKey string is sent on every attempt', async (t) => {
 
 test("a caller's own Idempotency-Key header makes a POST retryable and is sent unchanged", async (t) => {
   const upstream = await upstreamFor(t, failing(503, 2))
-  const client = clientFor(t, upstream.url)
+  const client = svcClient(t, upstream.url)
   const res = await client.post('/charge', { json: { amount: 1 }, headers: { 'Idempotency-Key': 'Caller-Key-42' } })
   t.equal(res.statusCode, 200)
   t.equal(res.attempts, 3)
@@ -118,7 +110,7 @@ test("a caller's own Idempotency-Key header makes a POST retryable and is sent u
 test('retryNonIdempotent: true retries a POST on a 503 and on a drop', async (t) => {
   t.test('503', async (t) => {
     const upstream = await upstreamFor(t, failing(503, 2))
-    const client = clientFor(t, upstream.url, { ...QUICK, retryNonIdempotent: true })
+    const client = svcClient(t, upstream.url, { ...QUICK, retryNonIdempotent: true })
     const res = await client.post('/charge', { json: { amount: 1 } })
     t.equal(res.statusCode, 200)
     t.equal(res.attempts, 3)
@@ -126,14 +118,14 @@ test('retryNonIdempotent: true retries a POST on a 503 and on a drop', async (t)
   })
   t.test('dropped connection', async (t) => {
     const upstream = await upstreamFor(t, resetting(1))
-    const client = clientFor(t, upstream.url, { ...QUICK, retryNonIdempotent: true })
+    const client = svcClient(t, upstream.url, { ...QUICK, retryNonIdempotent: true })
     const res = await client.post('/charge', { json: { amount: 1 } })
     t.equal(res.statusCode, 200)
     t.equal(res.attempts, 2)
   })
   t.test('per call', async (t) => {
     const upstream = await upstreamFor(t, failing(503, 1))
-    const client = clientFor(t, upstream.url)
+    const client = svcClient(t, upstream.url)
     const res = await client.post('/charge', { json: { amount: 1 }, retry: { retryNonIdempotent: true } })
     t.equal(res.attempts, 2)
   })
@@ -142,7 +134,7 @@ test('retryNonIdempotent: true retries a POST on a 503 and on a drop', async (t)
 test('PATCH is treated like POST', async (t) => {
   t.test('a 503 without a key: once', async (t) => {
     const upstream = await upstreamFor(t, failing(503, 5))
-    const client = clientFor(t, upstream.url)
+    const client = svcClient(t, upstream.url)
     const res = await client.patch('/order/1', { json: { state: 'paid' } })
     t.equal(res.statusCode, 503)
     t.equal(res.attempts, 1)
@@ -150,20 +142,20 @@ test('PATCH is treated like POST', async (t) => {
   })
   t.test('a drop without a key: once, rejects', async (t) => {
     const upstream = await upstreamFor(t, resetting(5))
-    const client = clientFor(t, upstream.url)
+    const client = svcClient(t, upstream.url)
     const error = await rejection(client.patch('/order/1', { json: { state: 'paid' } }))
     t.ok(error instanceof UpstreamError)
     t.equal(upstream.hits.length, 1)
   })
   t.test('a 429: retried', async (t) => {
     const upstream = await upstreamFor(t, failing(429, 1))
-    const client = clientFor(t, upstream.url)
+    const client = svcClient(t, upstream.url)
     const res = await client.patch('/order/1', { json: { state: 'paid' } })
     t.equal(res.attempts, 2)
   })
   t.test('a refused connection: retried', async (t) => {
     const port = await refusedPort()
-    const client = clientFor(t, `http://127.0.0.1:${port}`)
+    const client = svcClient(t, `http://127.0.0.1:${port}`)
     const error = await rejection(client.patch('/order/1', { json: { state: 'paid' } }))
     t.equal((error as UpstreamError).attempts, 3)
   })
@@ -176,7 +168,7 @@ test('PUT, DELETE and GET are retried on a 503 and on a dropped connection', asy
   for (const method of ['PUT', 'DELETE', 'GET']) {
     t.test(`${method} on 503`, async (t) => {
       const upstream = await upstreamFor(t, failing(503, 2))
-      const client = clientFor(t, upstream.url)
+      const client = svcClient(t, upstream.url)
       const res = await send(client, method) as { statusCode: number, attempts: number }
       t.equal(res.statusCode, 200)
       t.equal(res.attempts, 3)
@@ -184,7 +176,7 @@ test('PUT, DELETE and GET are retried on a 503 and on a dropped connection', asy
     })
     t.test(`${method} on a drop`, async (t) => {
       const upstream = await upstreamFor(t, resetting(2))
-      const client = clientFor(t, upstream.url)
+      const client = svcClient(t, upstream.url)
       const res = await send(client, method) as { statusCode: number, attempts: number }
       t.equal(res.statusCode, 200)
       t.equal(res.attempts, 3)
@@ -193,7 +185,7 @@ test('PUT, DELETE and GET are retried on a 503 and on a dropped connection', asy
   }
   t.test('HEAD and OPTIONS on 503', async (t) => {
     const upstream = await upstreamFor(t, failing(503, 2))
-    const client = clientFor(t, upstream.url)
+    const client = svcClient(t, upstream.url)
     t.equal((await client.head('/thing')).attempts, 3)
     t.equal((await client.options('/thing')).attempts, 1, 'the 503s were used up by HEAD')
     t.same(upstream.hits.map((hit) => hit.method), ['HEAD', 'HEAD', 'HEAD', 'OPTIONS'])
@@ -202,7 +194,7 @@ test('PUT, DELETE and GET are retried on a 503 and on a dropped connection', asy
 
 test('a stream body is sent once, even with an idempotency key', async (t) => {
   const upstream = await upstreamFor(t, failing(503, 5))
-  const client = clientFor(t, upstream.url)
+  const client = svcClient(t, upstream.url)
   const body = Readable.from([Buffer.from('part one, '), Buffer.from('part two')])
   const res = await client.post('/upload', { body, idempotencyKey: true })
   t.equal(res.statusCode, 503)
@@ -213,7 +205,7 @@ test('a stream body is sent once, even with an idempotency key', async (t) => {
 
 test('a stream body on an idempotent method is not replayed either', async (t) => {
   const upstream = await upstreamFor(t, failing(503, 5))
-  const client = clientFor(t, upstream.url)
+  const client = svcClient(t, upstream.url)
   const res = await client.put('/upload', { body: Readable.from([Buffer.from('data')]) })
   t.equal(res.statusCode, 503)
   t.equal(res.attempts, 1)
@@ -231,7 +223,7 @@ test('string, Buffer, Uint8Array and json bodies are replayed byte for byte', as
   for (const [kind, options, expected] of cases) {
     t.test(kind, async (t) => {
       const upstream = await upstreamFor(t, failing(503, 2))
-      const client = clientFor(t, upstream.url)
+      const client = svcClient(t, upstream.url)
       const res = await client.post('/doc', { ...options, idempotencyKey: true })
       t.equal(res.attempts, 3)
       t.equal(upstream.hits.length, 3)

@@ -8,7 +8,7 @@ import { Agent, request as undiciRequest } from 'undici'
 import resilientHttp, { ClientClosedError, requestIdGenerator } from '../plugin'
 import type { ClientOptions } from '../lib/types'
 import './helpers/fastify-types'
-import { type Handler, rejection, sendJson, startUpstream, type Upstream } from './helpers/upstream'
+import { rejection, sendJson, upstreamFor } from './helpers/upstream'
 import { eventually } from './helpers/wait'
 
 // Wall-clock bounds are deliberately loose: the machine running the suite may be busy.
@@ -41,12 +41,6 @@ function logCapture (): { stream: Writable, lines: LogLine[] } {
     }
   })
   return { stream, lines }
-}
-
-async function upstreamFor (t: Test, handler: Handler): Promise<Upstream> {
-  const upstream = await startUpstream(handler)
-  t.teardown(() => upstream.close())
-  return upstream
 }
 
 interface Served {

@@ -609,3 +609,23 @@ test('pool: an undefined key keeps the default, null is undici\'s own choice', a
   t.same(resolve({ connections: null }), { connections: null })
   t.same(resolve({ connections: 4 }), { connections: 4 })
 })
+
+test('option edges: messages, null-prototype objects, undefined values, missing options', async (t) => {
+  const shared = t.throws(() => createHttpClient({ name: 'a', baseUrl: ['http://a:1', 'http://b:1/v1'] })) as InvalidOptionsError
+  t.match(shared.message, /entry 0 has "\/", entry 1 has "\/v1"/)
+  const long = t.throws(() => createHttpClient({ name: 'a', baseUrl: 'http://a:1', retry: { jitter: 'x'.repeat(50) as 'full' } })) as InvalidOptionsError
+  t.match(long.message, /…/, 'a long value is shortened in the message')
+  const bare = Object.assign(Object.create(null) as Record<string, unknown>, { baseUrl: 'http://a:1' })
+  t.equal(createHttpClient({ name: 'bare', ...bare } as never).name, 'bare', 'a null-prototype object is a plain object')
+
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { a: { baseUrl: 'http://a:1', timeout: undefined } } })
+  await app.ready()
+  t.equal(app.httpClients.a.name, 'a', 'an option given as undefined keeps its default')
+
+  const none = Fastify()
+  t.teardown(() => none.close())
+  const error = await rejection(none.register(resilientHttp as never).ready())
+  t.match(error, { code: 'FRH_INVALID_OPTIONS', option: 'clients' })
+})

@@ -1,10 +1,10 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type Test } from 'tap'
 import { TimeoutError, UpstreamError } from '../lib/errors'
-import { createHttpClient, type HttpClient } from '../lib/api/http-client'
+import { type HttpClient } from '../lib/api/http-client'
 import type { ClientOptions } from '../lib/types'
 import { CLOCK_START, ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
-import { type Handler, sendJson, startUpstream, type Upstream, refusedPort } from './helpers/upstream'
+import { clientFor, type Handler, sendJson, refusedPort, upstreamFor } from './helpers/upstream'
 import { dispatcherOption, usesGivenDispatcher } from './helpers/dispatcher'
 
 /** Timeouts that only a hung call reaches, so a busy machine cannot fail these tests. */
@@ -14,16 +14,8 @@ const PATIENT = { timeout: 60_000, totalTimeout: 120_000 }
 const QUICK = { backoffInitialMs: 1, backoffMaxMs: 2, jitter: 'none' } as const
 const ATTEMPT_TIMEOUT = 50_000
 
-async function upstreamFor (t: Test, handler: Handler): Promise<Upstream> {
-  const upstream = await startUpstream(handler)
-  t.teardown(() => upstream.close())
-  return upstream
-}
-
-function clientFor (t: Test, baseUrl: string, options: ClientOptions = {}): HttpClient {
-  const client = createHttpClient({ name: 'svc', baseUrl, circuitBreaker: false, ...PATIENT, ...dispatcherOption(), ...options })
-  t.teardown(() => client.close())
-  return client
+function svcClient (t: Test, baseUrl: string, options: ClientOptions = {}): HttpClient {
+  return clientFor(t, { name: 'svc', baseUrl, circuitBreaker: false, ...PATIENT, ...dispatcherOption(), ...options })
 }
 
 function manualClient (t: Test, baseUrl: string, clock: ManualClock, options: ClientOptions = {}): HttpClient {
@@ -49,7 +41,7 @@ function script (...statuses: Array<number | [number, Record<string, string>]>):
 
 test('503, 503, 200 resolves with the 200 after 3 attempts', async (t) => {
   const upstream = await upstreamFor(t, script(503, 503))
-  const client = clientFor(t, upstream.url, { retry: QUICK })
+  const client = svcClient(t, upstream.url, { retry: QUICK })
   const res = await client.get('/thing')
   t.equal(res.statusCode, 200)
   t.equal(res.attempts, 3)
@@ -66,7 +58,7 @@ test('503, 503, 200 resolves with the 200 after 3 attempts', async (t) => {
 
 test('a refused connection is retried, then rejects with UpstreamError carrying ECONNREFUSED', async (t) => {
   const port = await refusedPort()
-  const client = clientFor(t, `http://127.0.0.1:${port}`, { retry: { ...QUICK, maxAttempts: 4 } })
+  const client = svcClient(t, `http://127.0.0.1:${port}`, { retry: { ...QUICK, maxAttempts: 4 } })
   const error = await client.get('/x').then(() => null, (error: unknown) => error)
   t.ok(error instanceof UpstreamError, 'UpstreamError')
   const upstreamError = error as UpstreamError
@@ -218,7 +210,7 @@ test('Retry-After on other statuses is not read', async (t) => {
 test('no retry with maxAttempts: 1 or retry: false', async (t) => {
   t.test('maxAttempts: 1', async (t) => {
     const upstream = await upstreamFor(t, script(503, 503))
-    const client = clientFor(t, upstream.url, { retry: { ...QUICK, maxAttempts: 1 } })
+    const client = svcClient(t, upstream.url, { retry: { ...QUICK, maxAttempts: 1 } })
     const res = await client.get('/x')
     t.equal(res.statusCode, 503)
     t.equal(res.attempts, 1)
@@ -228,7 +220,7 @@ test('no retry with maxAttempts: 1 or retry: false', async (t) => {
   })
   t.test('retry: false on the client', async (t) => {
     const upstream = await upstreamFor(t, script(503, 503))
-    const client = clientFor(t, upstream.url, { retry: false })
+    const client = svcClient(t, upstream.url, { retry: false })
     const res = await client.get('/x')
     t.equal(res.statusCode, 503)
     t.equal(res.attempts, 1)
@@ -236,7 +228,7 @@ test('no retry with maxAttempts: 1 or retry: false', async (t) => {
   })
   t.test('retry: false on the call', async (t) => {
     const upstream = await upstreamFor(t, script(503, 503))
-    const client = clientFor(t, upstream.url, { retry: QUICK })
+    const client = svcClient(t, upstream.url, { retry: QUICK })
     const res = await client.get('/x', { retry: false })
     t.equal(res.statusCode, 503)
     t.equal(res.attempts, 1)
@@ -244,7 +236,7 @@ test('no retry with maxAttempts: 1 or retry: false', async (t) => {
   })
   t.test('retry: false on the client also stops transport retries', async (t) => {
     const port = await refusedPort()
-    const client = clientFor(t, `http://127.0.0.1:${port}`, { retry: false })
+    const client = svcClient(t, `http://127.0.0.1:${port}`, { retry: false })
     const error = await client.get('/x').then(() => null, (error: unknown) => error)
     t.ok(error instanceof UpstreamError)
     t.equal((error as UpstreamError).attempts, 1)
@@ -254,7 +246,7 @@ test('no retry with maxAttempts: 1 or retry: false', async (t) => {
 test('a call overrides part of the retry settings', async (t) => {
   t.test('maxAttempts: 5 over a client with 2', async (t) => {
     const upstream = await upstreamFor(t, script(503, 503, 503, 503, 503, 503))
-    const client = clientFor(t, upstream.url, { retry: { ...QUICK, maxAttempts: 2, budget: false } })
+    const client = svcClient(t, upstream.url, { retry: { ...QUICK, maxAttempts: 2, budget: false } })
     const res = await client.get('/x', { retry: { maxAttempts: 5 } })
     t.equal(res.statusCode, 503)
     t.equal(res.attempts, 5)
@@ -264,7 +256,7 @@ test('a call overrides part of the retry settings', async (t) => {
   })
   t.test('retries on a client with retry: false', async (t) => {
     const upstream = await upstreamFor(t, script(503))
-    const client = clientFor(t, upstream.url, { retry: false })
+    const client = svcClient(t, upstream.url, { retry: false })
     const res = await client.get('/x', { retry: QUICK })
     t.equal(res.statusCode, 200)
     t.equal(res.attempts, 2)
@@ -274,7 +266,7 @@ test('a call overrides part of the retry settings', async (t) => {
 test('statusCodes decides which responses are retried', async (t) => {
   t.test('a 503 is not retried when only 500 is listed', async (t) => {
     const upstream = await upstreamFor(t, script(503))
-    const client = clientFor(t, upstream.url, { retry: { ...QUICK, statusCodes: [500] } })
+    const client = svcClient(t, upstream.url, { retry: { ...QUICK, statusCodes: [500] } })
     const res = await client.get('/x')
     t.equal(res.statusCode, 503)
     t.equal(res.attempts, 1)
@@ -282,7 +274,7 @@ test('statusCodes decides which responses are retried', async (t) => {
   })
   t.test('a 500 is', async (t) => {
     const upstream = await upstreamFor(t, script(500, 500))
-    const client = clientFor(t, upstream.url, { retry: { ...QUICK, statusCodes: [500] } })
+    const client = svcClient(t, upstream.url, { retry: { ...QUICK, statusCodes: [500] } })
     const res = await client.get('/x')
     t.equal(res.statusCode, 200)
     t.equal(res.attempts, 3)
@@ -290,14 +282,14 @@ test('statusCodes decides which responses are retried', async (t) => {
   })
   t.test('a listed 2xx is retried too', async (t) => {
     const upstream = await upstreamFor(t, script(202))
-    const client = clientFor(t, upstream.url, { retry: { ...QUICK, statusCodes: [202] } })
+    const client = svcClient(t, upstream.url, { retry: { ...QUICK, statusCodes: [202] } })
     const res = await client.get('/x')
     t.equal(res.statusCode, 200)
     t.equal(res.attempts, 2)
   })
   t.test('a 404 is never retried by default', async (t) => {
     const upstream = await upstreamFor(t, script(404))
-    const client = clientFor(t, upstream.url, { retry: QUICK })
+    const client = svcClient(t, upstream.url, { retry: QUICK })
     const res = await client.get('/x')
     t.equal(res.statusCode, 404)
     t.equal(res.attempts, 1)
@@ -314,7 +306,7 @@ test('retried bodies are drained: 200 calls over one connection all complete', a
     res.writeHead(503, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) })
     res.end(body)
   })
-  const client = clientFor(t, upstream.url, {
+  const client = svcClient(t, upstream.url, {
     timeout: 30_000,
     totalTimeout: 60_000,
     pool: { connections: 1 },

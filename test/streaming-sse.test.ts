@@ -1,10 +1,10 @@
 import { Readable } from 'node:stream'
 import type { ServerResponse } from 'node:http'
-import { type Test, test } from 'tap'
+import { test } from 'tap'
 import {
   CHANNELS, ClientClosedError, createHttpClient, HttpStatusError, type ServerSentEvent, type StreamResumedEvent, UpstreamError, TimeoutError
 } from '../plugin'
-import { startUpstream, type Upstream } from './helpers/upstream'
+import { upstreamFor } from './helpers/upstream'
 import { published } from './helpers/wait'
 
 async function drain<T> (items: AsyncIterable<T>): Promise<{ items: T[], error: unknown }> {
@@ -19,12 +19,6 @@ async function drain<T> (items: AsyncIterable<T>): Promise<{ items: T[], error: 
 
 function sleep (ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
-}
-
-async function upstreamFor (t: Test, handler: Parameters<typeof startUpstream>[0]): Promise<Upstream> {
-  const upstream = await startUpstream(handler)
-  t.teardown(() => upstream.close())
-  return upstream
 }
 
 function openEvents (res: ServerResponse): void {

@@ -1,12 +1,12 @@
 import type { ServerResponse } from 'node:http'
 import Fastify from 'fastify'
-import { type Test, test } from 'tap'
+import { test } from 'tap'
 import resilientHttp, {
   CHANNELS, CircuitOpenError, ClientClosedError, createHttpClient, HttpStatusError, HttpStream, InvalidRequestError,
   InvalidResponseError, OverloadedError, ResponseTooLargeError, TimeoutError, UpstreamError
 } from '../plugin'
 import './helpers/fastify-types'
-import { rejection, startUpstream, type Upstream } from './helpers/upstream'
+import { rejection, upstreamFor } from './helpers/upstream'
 import { eventually, published } from './helpers/wait'
 
 /** Everything an async iterable yields, and the error that ended it (`null` for a clean end). */
@@ -41,12 +41,6 @@ function writeSlowly (res: ServerResponse, lines: string[], everyMs: number, end
     clearInterval(timer)
     if (end) res.end()
   }, everyMs)
-}
-
-async function upstreamFor (t: Test, handler: Parameters<typeof startUpstream>[0]): Promise<Upstream> {
-  const upstream = await startUpstream(handler)
-  t.teardown(() => upstream.close())
-  return upstream
 }
 
 test('a stream opens through retries and yields NDJSON records', async (t) => {

@@ -1,13 +1,13 @@
 import diagnosticsChannel from 'node:diagnostics_channel'
-import Fastify from 'fastify'
 import { test, type Test } from 'tap'
-import resilientHttp, {
+import {
   CHANNELS, type ClientOptions, HttpStatusError, ResponseTooLargeError, type RetryEvent, type RetrySkippedEvent,
   TimeoutError, UpstreamError
 } from '../../plugin'
 import type { HttpClient } from '../../lib/api/http-client'
 import '../helpers/fastify-types'
-import { type FaultUpstream, refusedPort, startFaultUpstream } from '../helpers/fault-upstream'
+import { faultUpstreamFor, refusedPort } from '../helpers/fault-upstream'
+import { registeredClient } from '../helpers/upstream'
 
 // Fast retries and short attempts, so that every kind settles in well under a second.
 const FAST: ClientOptions = {
@@ -21,18 +21,8 @@ const FAST: ClientOptions = {
 let clientCount = 0
 
 /** A client named uniquely (the diagnostics channels are process-wide) in a real Fastify app. */
-async function clientFor (t: Test, baseUrl: string, options: Partial<ClientOptions> = {}): Promise<HttpClient> {
-  const name = `kinds${++clientCount}`
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(resilientHttp, { clients: { [name]: { ...FAST, ...options, baseUrl } } })
-  return app.httpClients[name]
-}
-
-async function upstreamFor (t: Test, options: Parameters<typeof startFaultUpstream>[0] = {}): Promise<FaultUpstream> {
-  const upstream = await startFaultUpstream(options)
-  t.teardown(() => upstream.close())
-  return upstream
+async function kindsClient (t: Test, baseUrl: string, options: Partial<ClientOptions> = {}): Promise<HttpClient> {
+  return await registeredClient(t, `kinds${++clientCount}`, { ...FAST, ...options, baseUrl })
 }
 
 async function rejectionOf (promise: Promise<unknown>): Promise<unknown> {
@@ -75,7 +65,7 @@ async function poolIdle (client: HttpClient): Promise<boolean> {
 
 test('connection refused: GET and even POST are retried (nothing reached the upstream), then UpstreamError', async (t) => {
   const port = await refusedPort()
-  const client = await clientFor(t, `http://127.0.0.1:${port}`)
+  const client = await kindsClient(t, `http://127.0.0.1:${port}`)
 
   const get = await rejectionOf(client.get('/a'))
   t.ok(get instanceof UpstreamError, 'GET: UpstreamError')
@@ -90,8 +80,8 @@ test('connection refused: GET and even POST are retried (nothing reached the ups
 
 test('reset before the response: GET retried to success; POST without key sent once', async (t) => {
   // The first request of each call is reset; the next one is answered.
-  const upstream = await upstreamFor(t, { plan: ({ attempt }) => attempt === 0 ? 'reset-before-response' : 'ok' })
-  const client = await clientFor(t, upstream.url)
+  const upstream = await faultUpstreamFor(t, { plan: ({ attempt }) => attempt === 0 ? 'reset-before-response' : 'ok' })
+  const client = await kindsClient(t, upstream.url)
 
   const res = await client.get('/r?call=1')
   t.equal(res.statusCode, 200)
@@ -115,8 +105,8 @@ test('reset before the response: GET retried to success; POST without key sent o
 })
 
 test('reset in the middle of the body: the 200 resolves, reading the body fails with UpstreamError', async (t) => {
-  const upstream = await upstreamFor(t)
-  const client = await clientFor(t, upstream.url)
+  const upstream = await faultUpstreamFor(t)
+  const client = await kindsClient(t, upstream.url)
 
   const res = await client.get('/fault/reset-mid-body?call=1')
   t.equal(res.statusCode, 200)
@@ -129,8 +119,8 @@ test('reset in the middle of the body: the 200 resolves, reading the body fails 
 })
 
 test('headers that never come: TimeoutError per attempt; GET retried, POST sent once', async (t) => {
-  const upstream = await upstreamFor(t)
-  const client = await clientFor(t, upstream.url, { timeout: 400, retry: { maxAttempts: 2, backoffInitialMs: 1, backoffMaxMs: 5 } })
+  const upstream = await faultUpstreamFor(t)
+  const client = await kindsClient(t, upstream.url, { timeout: 400, retry: { maxAttempts: 2, backoffInitialMs: 1, backoffMaxMs: 5 } })
 
   const get = await rejectionOf(client.get('/fault/no-headers?call=1'))
   t.ok(get instanceof TimeoutError, 'GET: TimeoutError')
@@ -146,8 +136,8 @@ test('headers that never come: TimeoutError per attempt; GET retried, POST sent 
 })
 
 test('a body that stalls: the attempt timeout bounds reading it', async (t) => {
-  const upstream = await upstreamFor(t)
-  const client = await clientFor(t, upstream.url, { timeout: 200 })
+  const upstream = await faultUpstreamFor(t)
+  const client = await kindsClient(t, upstream.url, { timeout: 200 })
 
   const started = Date.now()
   const res = await client.get('/fault/stall-body')
@@ -162,8 +152,8 @@ test('a body that stalls: the attempt timeout bounds reading it', async (t) => {
 })
 
 test('half-closed socket: GET retried until attempts run out, then UpstreamError; POST sent once', async (t) => {
-  const upstream = await upstreamFor(t)
-  const client = await clientFor(t, upstream.url)
+  const upstream = await faultUpstreamFor(t)
+  const client = await kindsClient(t, upstream.url)
 
   const get = await rejectionOf(client.get('/fault/half-close?call=1'))
   t.ok(get instanceof UpstreamError, 'GET: UpstreamError')
@@ -178,8 +168,8 @@ test('half-closed socket: GET retried until attempts run out, then UpstreamError
 })
 
 test('malformed status line and garbage: UpstreamError at once, not retried', async (t) => {
-  const upstream = await upstreamFor(t)
-  const client = await clientFor(t, upstream.url)
+  const upstream = await faultUpstreamFor(t)
+  const client = await kindsClient(t, upstream.url)
 
   for (const kind of ['malformed-status', 'garbage']) {
     const error = await rejectionOf(client.get(`/fault/${kind}?call=${kind}`))
@@ -192,8 +182,8 @@ test('malformed status line and garbage: UpstreamError at once, not retried', as
 })
 
 test('a response far over maxResponseBytes: ResponseTooLargeError, never the whole body in memory', async (t) => {
-  const upstream = await upstreamFor(t, { oversizeBytes: 4 * 1024 * 1024 })
-  const client = await clientFor(t, upstream.url, { maxResponseBytes: 64 * 1024 })
+  const upstream = await faultUpstreamFor(t, { oversizeBytes: 4 * 1024 * 1024 })
+  const client = await kindsClient(t, upstream.url, { maxResponseBytes: 64 * 1024 })
 
   // A content-length over the limit fails the call at once, before the body is read.
   const announced = await rejectionOf(client.get('/fault/oversize'))
@@ -216,8 +206,8 @@ test('a response far over maxResponseBytes: ResponseTooLargeError, never the who
 })
 
 test('503 storm without Retry-After: GET resolves with the last 503 after maxAttempts; POST gets one attempt', async (t) => {
-  const upstream = await upstreamFor(t)
-  const client = await clientFor(t, upstream.url)
+  const upstream = await faultUpstreamFor(t)
+  const client = await kindsClient(t, upstream.url)
 
   const res = await client.get('/fault/503?call=1')
   t.equal(res.statusCode, 503, 'a non-2xx resolves')
@@ -231,8 +221,8 @@ test('503 storm without Retry-After: GET resolves with the last 503 after maxAtt
 })
 
 test('503 with Retry-After: the wait is the header\'s, and a wait past totalTimeout is not made', async (t) => {
-  const upstream = await upstreamFor(t, { retryAfter: '1' })
-  const client = await clientFor(t, upstream.url, { retry: { maxAttempts: 2, backoffInitialMs: 1, backoffMaxMs: 5 } })
+  const upstream = await faultUpstreamFor(t, { retryAfter: '1' })
+  const client = await kindsClient(t, upstream.url, { retry: { maxAttempts: 2, backoffInitialMs: 1, backoffMaxMs: 5 } })
   const events = recordEvents(t, client)
 
   const res = await client.get('/fault/503-retry-after?call=1')
@@ -247,8 +237,8 @@ test('503 with Retry-After: the wait is the header\'s, and a wait past totalTime
 })
 
 test('429 storm: even a POST without key is retried (refused unprocessed); Retry-After past the deadline ends it', async (t) => {
-  const upstream = await upstreamFor(t, { retryAfter: '60' })
-  const client = await clientFor(t, upstream.url)
+  const upstream = await faultUpstreamFor(t, { retryAfter: '60' })
+  const client = await kindsClient(t, upstream.url)
 
   const post = await client.post('/fault/429?call=1', { json: {} })
   t.equal(post.statusCode, 429)
@@ -264,8 +254,8 @@ test('429 storm: even a POST without key is retried (refused unprocessed); Retry
 
 test('keep-alive socket closed by the server as the client reuses it: GET retried to success, POST not resent', async (t) => {
   // The socket is closed only when the next request arrives on it, so the race is lost every time.
-  const upstream = await upstreamFor(t, { keepAliveCloseMs: 60_000 })
-  const client = await clientFor(t, upstream.url, { pool: { connections: 1 } })
+  const upstream = await faultUpstreamFor(t, { keepAliveCloseMs: 60_000 })
+  const client = await kindsClient(t, upstream.url, { pool: { connections: 1 } })
 
   const first = await client.get('/fault/keepalive-race?call=1')
   t.equal(first.statusCode, 200)
@@ -285,8 +275,8 @@ test('keep-alive socket closed by the server as the client reuses it: GET retrie
 })
 
 test('keep-alive close racing with reuse, many times: every GET succeeds', async (t) => {
-  const upstream = await upstreamFor(t, { keepAliveCloseMs: 1 })
-  const client = await clientFor(t, upstream.url, { pool: { connections: 2 } })
+  const upstream = await faultUpstreamFor(t, { keepAliveCloseMs: 1 })
+  const client = await kindsClient(t, upstream.url, { pool: { connections: 2 } })
 
   let ok = 0
   let attempts = 0

@@ -1,23 +1,14 @@
-import Fastify from 'fastify'
-import { test, type Test } from 'tap'
-import resilientHttp, { type ClientOptions } from '../../plugin'
-import type { HttpClient } from '../../lib/api/http-client'
+import { test } from 'tap'
 import '../helpers/fastify-types'
 import {
   budgetWindows, errorLabel, type FaultKind, faultSummary, randomPlan, runConcurrently, seededRandom, settleDown,
   startFaultUpstream, Tally, watchProcess
 } from '../helpers/fault-upstream'
+import { registeredClient } from '../helpers/upstream'
 
 // Set FAULT_SEED to replay a run: the fault of every (call, attempt) follows from it.
 const SEED = Number(process.env.FAULT_SEED ?? 20_260_101)
 const BUDGET = { ratio: 0.2, minPerSecond: 10 }
-
-async function clientFor (t: Test, name: string, options: ClientOptions): Promise<HttpClient> {
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(resilientHttp, { clients: { [name]: options } })
-  return app.httpClients[name]
-}
 
 const CALLS = 5_000
 const IN_FLIGHT = 500
@@ -51,7 +42,7 @@ test(`${CALLS} calls, ${IN_FLIGHT} in flight, 16 connections, ${FAILURE_RATE * 1
     keepAliveCloseMs: 1
   })
   t.teardown(() => upstream.close())
-  const client = await clientFor(t, 'load', {
+  const client = await registeredClient(t, 'load', {
     baseUrl: upstream.url,
     // The attempt timeout also runs while a request waits in the pool's queue
     // (500 calls for 16 connections): it must exceed that wait on a busy machine.

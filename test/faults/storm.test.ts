@@ -1,19 +1,11 @@
 import diagnosticsChannel from 'node:diagnostics_channel'
-import Fastify from 'fastify'
 import { test, type Test } from 'tap'
-import resilientHttp, { type CircuitEvent, CHANNELS, type ClientOptions } from '../../plugin'
-import type { HttpClient } from '../../lib/api/http-client'
+import { type CircuitEvent, CHANNELS } from '../../plugin'
 import '../helpers/fastify-types'
 import { budgetWindows, errorLabel, runConcurrently, startFaultUpstream, Tally, watchProcess } from '../helpers/fault-upstream'
+import { registeredClient } from '../helpers/upstream'
 
 const BUDGET = { ratio: 0.2, minPerSecond: 10 }
-
-async function clientFor (t: Test, name: string, options: ClientOptions): Promise<HttpClient> {
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(resilientHttp, { clients: { [name]: options } })
-  return app.httpClients[name]
-}
 
 function circuitEvents (t: Test, clientName: string): CircuitEvent[] {
   const events: CircuitEvent[] = []
@@ -31,7 +23,7 @@ test('a 503 storm: the retry budget holds the upstream load under (1 + ratio) x 
   t.teardown(() => upstream.close())
   // Five attempts per call and no breaker: without the budget the upstream would see 5 x the calls.
   // The timeout is generous: it also runs while 500 calls queue for 16 connections.
-  const client = await clientFor(t, 'storm', {
+  const client = await registeredClient(t, 'storm', {
     baseUrl: upstream.url,
     timeout: 20_000,
     totalTimeout: 30_000,
@@ -70,7 +62,7 @@ test('the breaker opens during a storm and closes once the upstream heals', asyn
   const problems = watchProcess(t)
   const upstream = await startFaultUpstream()
   t.teardown(() => upstream.close())
-  const client = await clientFor(t, 'breaker', {
+  const client = await registeredClient(t, 'breaker', {
     baseUrl: upstream.url,
     timeout: 10_000,
     retry: { maxAttempts: 3, backoffInitialMs: 1, backoffMaxMs: 5, budget: BUDGET },

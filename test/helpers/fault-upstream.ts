@@ -410,3 +410,10 @@ export async function settleDown (client: HttpClient): Promise<boolean> {
 export function budgetWindows (startedAt: number, endedAt: number): number {
   return Math.floor(endedAt / 10_000) - Math.floor(startedAt / 10_000) + 1
 }
+
+/** `startFaultUpstream(options)`, closed when the test ends. */
+export async function faultUpstreamFor (t: Test, options: Parameters<typeof startFaultUpstream>[0] = {}): Promise<FaultUpstream> {
+  const upstream = await startFaultUpstream(options)
+  t.teardown(() => upstream.close())
+  return upstream
+}

@@ -1,6 +1,10 @@
 import { once } from 'node:events'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import net, { type AddressInfo, type Socket } from 'node:net'
+import Fastify from 'fastify'
+import type { Test } from 'tap'
+import resilientHttp, { type ClientOptions, createHttpClient, type CreateHttpClientOptions, type HttpClient } from '../../plugin'
+import './fastify-types'
 
 export interface Hit {
   method: string
@@ -80,4 +84,26 @@ export async function refusedPort (): Promise<number> {
 /** What `promise` rejects with, or `null` when it resolves. */
 export async function rejection (promise: PromiseLike<unknown>): Promise<unknown> {
   return Promise.resolve(promise).then(() => null, (error: unknown) => error)
+}
+
+/** `startUpstream(handler)`, closed when the test ends. */
+export async function upstreamFor (t: Test, handler: Handler): Promise<Upstream> {
+  const upstream = await startUpstream(handler)
+  t.teardown(() => upstream.close())
+  return upstream
+}
+
+/** `createHttpClient(options)`, closed when the test ends. */
+export function clientFor (t: Test, options: CreateHttpClientOptions): HttpClient {
+  const client = createHttpClient(options)
+  t.teardown(() => client.close())
+  return client
+}
+
+/** A client registered through the plugin on an app of its own, closed with the app when the test ends. */
+export async function registeredClient (t: Test, name: string, options: ClientOptions): Promise<HttpClient> {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(resilientHttp, { clients: { [name]: options } })
+  return app.httpClients[name]
 }

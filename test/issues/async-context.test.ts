@@ -8,7 +8,7 @@ import pino from 'pino'
 import { test, type Test } from 'tap'
 import resilientHttp, { CHANNELS, createHttpClient, requestIdGenerator } from '../../plugin'
 import '../helpers/fastify-types'
-import { sendJson, startUpstream, type Upstream } from '../helpers/upstream'
+import { sendJson, upstreamFor } from '../helpers/upstream'
 
 // 0.2 ran its timers, queued attempts and socket callbacks in no request's
 // async context: retry log lines and diagnostics messages about a call lost
@@ -19,12 +19,6 @@ declare module '@fastify/request-context' {
   interface RequestContextData {
     requestId?: string
   }
-}
-
-async function upstreamFor (t: Test, handler: Parameters<typeof startUpstream>[0]): Promise<Upstream> {
-  const upstream = await startUpstream(handler)
-  t.teardown(() => upstream.close())
-  return upstream
 }
 
 /** A Fastify app whose pino logger stamps every line with the request id its async context holds. */
