@@ -1,5 +1,6 @@
 import type { Attempt } from '../pipeline/attempt'
-import type { Call, CallHost, Waiter } from '../pipeline/call'
+import type { Call, CallHost } from '../pipeline/call'
+import type { Waiter } from '../pipeline/retry-wait'
 import { CircuitBreaker } from '../policies/circuit-breaker'
 import { type Clock, type RandomSource, systemClock } from '../clock'
 import { ConcurrencyLimit } from '../policies/concurrency'

@@ -2,40 +2,39 @@ import type { AsyncResource } from 'node:async_hooks'
 import { callerScope } from '../async-context'
 import { Attempt, type AttemptHost, type AttemptOwner, type BodySink, Cut, type CutValue } from './attempt'
 import { admit, type AdmissionHost, isRefusal, refuse } from './admission'
-import { type CircuitBreaker, Permit, type PermitValue, Verdict } from '../policies/circuit-breaker'
+import { Permit, type PermitValue, Verdict } from '../policies/circuit-breaker'
 import type { Clock, RandomSource } from '../clock'
-import { type CallDetails, ClientClosedError, RateLimitedError, TimeoutError, UpstreamError, withoutStack } from '../errors'
+import { ClientClosedError, TimeoutError, UpstreamError } from '../errors'
 import type { RetrySkipReason } from '../telemetry/events'
 import { armHedge, hedgeDue, type Hedged, type HedgeHost, sendHedge } from './hedge'
 import type { Logger } from '../logger'
 import type { ResolvedBreaker } from '../options/resolve'
 import { classify, describeFailure, type Outcome, SUCCESS } from './outcome'
+import { recordOutcome, type RecordHost } from './record-outcome'
 import { attemptOptions, attemptTimeout } from './attempt-plan'
 import type { ReplicaSet } from '../policies/replicas'
 import { followUp, type Following } from './follow-up'
 import type { PreparedRequest } from './prepare'
 import type { TokenSource } from './auth'
 import { HttpResponse } from './response'
-import { nextRetry } from './retry'
-import { askedPause } from './rate-limit-headers'
-import type { RateLimiter, TokenWaiter } from '../policies/rate-limit'
-import type { RetryBudget } from '../policies/retry-budget'
+import { awaitToken, leaveTokenLine, noTokenCame, tokenCame } from './rate-limit-wait'
+import { clearRetryTimer, type Retrying, type RetryWaitHost, retryOrEnd, type Waiter } from './retry-wait'
 import { releaseSignal, watchSignal } from './caller-signal'
 import type { Upstream } from '../transport/upstream'
 
-// The hot path of every call. A call is its own hedge-timer entry and its
-// own promise's settlers (captured by one shared executor), and a plain 2xx
-// is judged by a shared outcome: a call that succeeds at once allocates
-// its Attempt, its promise and its HttpResponse, nothing else.
+// The hot path of every call, and over 300 lines for it: what every call runs stays
+// here; what only some calls do is in hedge.ts, follow-up.ts, retry-wait.ts and
+// rate-limit-wait.ts, as plain functions taking the call. A call is its own
+// hedge-timer entry and its own promise's settlers (captured by one shared
+// executor), and a plain 2xx is judged by a shared outcome: a call that
+// succeeds at once allocates its Attempt, its promise and its HttpResponse,
+// nothing else.
 
 /** What a call needs of its client. */
-export interface CallHost extends AttemptHost, AdmissionHost, HedgeHost {
+export interface CallHost extends AttemptHost, AdmissionHost, HedgeHost, RetryWaitHost, RecordHost {
   readonly clock: Clock
   readonly random: RandomSource
-  readonly breaker: CircuitBreaker | null
   readonly breakerSettings: ResolvedBreaker | false
-  readonly budget: RetryBudget | null
-  readonly rateLimit: RateLimiter | null
   readonly replicas: ReplicaSet
   /** The client's base path, which a redirect must stay under. */
   readonly basePath: string
@@ -48,11 +47,6 @@ export interface CallHost extends AttemptHost, AdmissionHost, HedgeHost {
   readonly waiting: Set<Waiter>
   trackAttempt(attempt: Attempt): void
   untrackAttempt(attempt: Attempt): void
-}
-
-/** Something waiting to send again, that close cuts. */
-export interface Waiter extends CallDetails {
-  cancelWait(error: unknown): void
 }
 
 /** Where a call is: running, waiting (to retry, or for a rate-limit token), settled, or waiting for a new `auth` token after a 401. */
@@ -72,10 +66,10 @@ function captureSettlers (resolve: (response: HttpResponse) => void, reject: (er
  * One admitted call: the state machine only. It starts attempts (first try,
  * retries after a wait, hedges beside a slow attempt), hears each attempt's
  * end once, classifies it (outcome.ts), records the outcome with the
- * policies in one place (`#record`), asks retry.ts whether and when to try
- * again, and settles once.
+ * policies in one place (record-outcome.ts), waits to retry (retry-wait.ts)
+ * or for a rate-limit token (rate-limit-wait.ts), and settles once.
  */
-export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
+export class Call implements AttemptOwner, Hedged, Retrying, Following {
   // Set by the promise executor in start(), before anything can settle the call.
   resolve!: (response: HttpResponse) => void
   reject!: (error: unknown) => void
@@ -100,8 +94,8 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
   /** The path the answer came from, relative to the base path: the call's own until a redirect. */
   finalPath: string
   #state: StateValue = State.Running
-  /** Attempts that count toward `maxAttempts`. */
-  #tries = 0
+  /** Attempts that count toward `maxAttempts` (read by retry-wait.ts). */
+  tries = 0
   /** Requests sent: attempts, redirects and resends; each attempt's number. */
   #sent = 0
   hedgesSent = 0
@@ -117,15 +111,16 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
   readonly #totalEndsAt: number
   /** The earlier of the total timeout and the inbound deadline. */
   readonly endsAt: number
-  #waitTimer: unknown = null
-  #retryAt = 0
+  /** Internal, of retry-wait.ts: the timer of the wait to retry, and when the retry is due. */
+  waitTimer: unknown = null
+  retryAt = 0
   /** The listener on the caller's signal (caller-signal.ts), while one is set. */
   callerListener: (() => void) | null = null
-  /** The breaker's permit of the attempt waiting for a rate-limit token. */
-  #tokenPermit: PermitValue = Permit.Pass
-  /** When the budget granted the retry being waited for: given back if it is not made. */
-  #retryGrantedAt = 0
-  #waitedForToken = false
+  /** Internal, of rate-limit-wait.ts: the breaker's permit of the attempt waiting for a token; whether the call waited in line. */
+  tokenPermit: PermitValue = Permit.Pass
+  waitedForToken = false
+  /** Internal, of retry-wait.ts: when the budget granted the retry being waited for, given back if it is not made. */
+  retryGrantedAt = 0
 
   // The hedge timer's heap entry.
   timerAt = 0
@@ -165,7 +160,7 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
     this.scope = callerScope()
     if (this.request.signal !== undefined) watchSignal(this, this.request.signal)
     if (host.rateLimit !== null && !host.rateLimit.tryTake(now)) {
-      this.#awaitToken(permit, now)
+      awaitToken(this, permit, now)
       return promise
     }
     host.budget?.recordCall(now)
@@ -193,7 +188,7 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
       }
     }
     if (!followUp) {
-      if (!isHedge) this.#tries++
+      if (!isHedge) this.tries++
       this.attempts++
     }
     const attempt = new Attempt(this, host, upstream, options, ++this.#sent, permit, isHedge, now)
@@ -244,7 +239,7 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
     // A plain 2xx is recorded now and handed out while its body comes.
     this.#removeRunning(attempt)
     if (this.sink === null) {
-      this.#record(attempt, SUCCESS)
+      recordOutcome(this, attempt, SUCCESS)
     } else {
       // The commit point: from here a stream is bounded by its own timers, not the attempt's.
       if (attempt.timerIndex >= 0) host.timers.remove(attempt)
@@ -261,7 +256,7 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
     releaseSignal(this)
     if (this.sink !== null) {
       // A stream's one verdict, at its end: a consumer that stops reading found it working.
-      this.#record(attempt, attempt.cut === Cut.Caller ? SUCCESS : classify(attempt, this, this.request.retry, this.host))
+      recordOutcome(this, attempt, attempt.cut === Cut.Caller ? SUCCESS : classify(attempt, this, this.request.retry, this.host))
       this.host.limit.release()
     }
   }
@@ -271,7 +266,7 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
     host.untrackAttempt(attempt)
     this.#removeRunning(attempt)
     const outcome = classify(attempt, this, this.request.retry, host)
-    this.#record(attempt, outcome)
+    recordOutcome(this, attempt, outcome)
     if (this.#state === State.Settled) return
     if (outcome.transient) {
       this.#onTransientFailure(attempt, outcome)
@@ -283,102 +278,29 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
     this.#end(attempt, outcome)
   }
 
-  /**
-   * The one place an attempt's outcome reaches the policies: the breaker,
-   * the replica set, the adaptive limit and the latency tracker, once per
-   * attempt. A breaker transition this causes goes through the call's logger.
-   */
-  #record (attempt: Attempt, outcome: Outcome): void {
-    const host = this.host
-    const verdict = outcome.verdict
-    const breaker = host.breaker
-    // A plain success needs no clock read: the breaker and the replica set only time failures,
-    // unless a ratio rule buckets successes too (then the time of the headers, when read, serves).
-    let now = 0
-    if (verdict !== Verdict.Success || outcome.opensCircuitMs !== 0) now = host.clock.now()
-    else if (breaker !== null && breaker.clocked) now = attempt.headersAt === 0 ? host.clock.now() : attempt.headersAt
-    if (attempt.cut === Cut.Loser && attempt.headers === null && !attempt.isHedge) host.latency?.record(now - attempt.startedAt)
-    if (breaker !== null) {
-      host.breakerLog = this.log()
-      // Time to headers, or to the failure that came instead: read by the slow-call rule only.
-      breaker.record(attempt.permit, verdict, now, (attempt.headersAt === 0 ? now : attempt.headersAt) - attempt.startedAt)
-      if (outcome.opensCircuitMs > 0) breaker.openFor(outcome.opensCircuitMs, now)
-      host.breakerLog = host.log
-    }
-    host.replicas.record(attempt.upstream, verdict, now)
-    if (host.rateLimit !== null && attempt.headers !== null) this.#hearRateLimit(host.rateLimit, attempt, outcome)
-    if (verdict !== Verdict.None && host.limit.adaptive) host.limit.onAttempt(outcome.dropped)
-  }
-
-  // --- retries ---
+  // --- retries (retry-wait.ts decides) ---
 
   #onTransientFailure (attempt: Attempt, outcome: Outcome): void {
     this.#lastFailure = attempt
     this.#lastOutcome = outcome
     // Another attempt of this call is still out: it may yet answer.
-    if (this.#running !== null) return
-    const host = this.host
-    const retry = this.request.retry
-    if (retry === false || retry.maxAttempts === 1 || host.closed || this.request.signal?.aborted === true) {
-      this.#endWithLastFailure(null)
-      return
-    }
-    if (host.draining) {
-      this.#endWithLastFailure('closing')
-      return
-    }
-    const now = host.clock.now()
-    const request = this.request
-    host.breakerLog = this.log()
-    const decision = nextRetry({
-      retry,
-      method: request.method,
-      hasIdempotencyKey: request.hasIdempotencyKey,
-      replayable: request.replayable,
-      attempts: this.#tries,
-      endsAt: this.endsAt
-    }, outcome, host, now)
-    host.breakerLog = host.log
-    this.#retryGrantedAt = now
-    if (typeof decision !== 'number') {
-      if (decision === 'budget') host.counters.retriesDenied++
-      this.#endWithLastFailure(decision)
-      return
-    }
-    host.events.retry({ client: this.clientName, method: this.method, path: this.path, attempt: this.#tries, reason: describeFailure(attempt), waitMs: decision }, this.log())
-    this.#state = State.Waiting
-    if (this.timerIndex >= 0) host.timers.remove(this)
-    this.#retryAt = now + decision
-    host.waiting.add(this)
-    this.#waitTimer = host.clock.setTimer(() => { this.#afterWait() }, decision)
-    // Between attempts no socket holds the process open: the wait must, or a
-    // script whose upstream is down exits mid-call. close() clears it.
-    ;(this.#waitTimer as { ref?: () => unknown }).ref?.()
+    if (this.#running === null) retryOrEnd(this, attempt, outcome)
   }
 
-  #afterWait (): void {
-    this.#waitTimer = null
-    const host = this.host
-    host.waiting.delete(this)
-    // Settling clears this timer: it fires only for a call still waiting.
+  /** Internal, of the waits (retry-wait.ts, rate-limit-wait.ts): the call waits, and close can cut it. */
+  beginWait (): void {
+    this.#state = State.Waiting
+    this.host.waiting.add(this)
+  }
+
+  /** Internal, of the waits: the wait is over. */
+  endWait (): void {
+    this.host.waiting.delete(this)
     this.#state = State.Running
-    // The timer may fire a hair before the time it was set for; the breaker must see the full wait.
-    const now = Math.max(host.clock.now(), this.#retryAt)
-    let permit: PermitValue = Permit.Pass
-    if (host.breaker !== null) {
-      host.breakerLog = this.log()
-      permit = host.breaker.acquire(now)
-      host.breakerLog = host.log
-      if (permit === Permit.Denied) {
-        this.#endWithLastFailure('circuit')
-        return
-      }
-    }
-    if (host.rateLimit !== null && !host.rateLimit.tryTake(now)) {
-      this.#awaitToken(permit, now)
-      return
-    }
-    host.counters.retries++
+  }
+
+  /** Internal, of the waits: sends a first try or a retry. */
+  sendAttempt (permit: PermitValue, now: number): void {
     this.#send(permit, false, now)
   }
 
@@ -453,10 +375,11 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
     else this.fail(outcome.error)
   }
 
-  #endWithLastFailure (skipped: RetrySkipReason | null): void {
+  /** Ends the call with its last transient failure; `skipped` says why no retry came, when it is not the call's own choice. */
+  endWithLastFailure (skipped: RetrySkipReason | null): void {
     const failure = this.#lastFailure as Attempt
     if (skipped !== null) {
-      this.host.events.retrySkipped({ client: this.clientName, method: this.method, path: this.path, attempt: this.#tries, reason: describeFailure(failure), skipped }, this.log())
+      this.host.events.retrySkipped({ client: this.clientName, method: this.method, path: this.path, attempt: this.tries, reason: describeFailure(failure), skipped }, this.log())
     }
     this.#end(failure, this.#lastOutcome)
   }
@@ -476,14 +399,8 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
   #settle (): void {
     const host = this.host
     if (this.#state === State.Waiting) {
-      if (this.#waitTimer !== null) {
-        host.clock.clearTimer(this.#waitTimer)
-        this.#waitTimer = null
-      } else {
-        // Cut while waiting for a token (the caller, close): it leaves the line and gives back what it holds.
-        host.rateLimit?.cancel(this)
-        this.#giveBack(host.clock.now())
-      }
+      if (this.waitTimer !== null) clearRetryTimer(this)
+      else leaveTokenLine(this)
       host.waiting.delete(this)
     } else if (this.#state === State.Reauthenticating) {
       host.waiting.delete(this)
@@ -509,80 +426,15 @@ export class Call implements AttemptOwner, Hedged, TokenWaiter, Following {
     this.#streaming?.cancel(Cut.Closed, error)
   }
 
-  // --- the rate limit ---
-
-  /** No token at once: wait in line if the turn comes in time, else no attempt. */
-  #awaitToken (permit: PermitValue, now: number): void {
-    const host = this.host
-    this.#tokenPermit = permit
-    // From close on, nothing waits.
-    const retryAfterMs = host.draining ? -1 : (host.rateLimit as RateLimiter).wait(this, now, this.endsAt)
-    if (retryAfterMs === 0) {
-      if (!this.#waitedForToken) host.counters.rateLimitWaits++
-      this.#waitedForToken = true
-      this.#state = State.Waiting
-      host.waiting.add(this)
-      return
-    }
-    this.#noToken(retryAfterMs, now)
-  }
+  // --- the rate limit (rate-limit-wait.ts decides) ---
 
   /** The call's turn came: sent in its own context, whichever call or timer handed out the token. */
   onToken (now: number): void {
-    this.scope.runInAsyncScope(this.#onToken, this, now)
-  }
-
-  #onToken (now: number): void {
-    const host = this.host
-    host.waiting.delete(this)
-    this.#state = State.Running
-    if (this.attempts === 0) host.budget?.recordCall(now)
-    else host.counters.retries++
-    this.#send(this.#tokenPermit, false, now)
+    this.scope.runInAsyncScope(tokenCame, null, this, now)
   }
 
   onNoToken (retryAfterMs: number): void {
-    this.scope.runInAsyncScope(this.#onNoToken, this, retryAfterMs)
-  }
-
-  #onNoToken (retryAfterMs: number): void {
-    this.host.waiting.delete(this)
-    this.#state = State.Running
-    this.#noToken(retryAfterMs, this.host.clock.now())
-  }
-
-  /** The attempt is not sent: the first refuses the call, a retry is a retry not made. Neither breaker nor budget counts it. */
-  #noToken (retryAfterMs: number, now: number): void {
-    const host = this.host
-    this.#giveBack(now)
-    if (retryAfterMs < 0) {
-      this.fail(new ClientClosedError(this))
-    } else if (this.attempts > 0) {
-      this.#endWithLastFailure('rate-limited')
-    } else {
-      host.counters.rateLimited++
-      host.events.rateLimited({ client: this.clientName, method: this.method, path: this.path, retryAfterMs }, this.log())
-      this.fail(withoutStack(RateLimitedError, this, retryAfterMs))
-    }
-  }
-
-  /** What earlier stages lent the attempt not sent: a half-open probe slot, a retry's budget. */
-  #giveBack (now: number): void {
-    this.host.breaker?.record(this.#tokenPermit, Verdict.None, now)
-    if (this.attempts > 0) this.host.budget?.refund(this.#retryGrantedAt, now)
-  }
-
-  /**
-   * The upstream's word on its rate limit pauses the client's, unless the
-   * call chose not to trust it. A 429's `Retry-After` is the one its outcome read.
-   */
-  #hearRateLimit (limiter: RateLimiter, attempt: Attempt, outcome: Outcome): void {
-    const retry = this.request.retry
-    if (retry !== false && !retry.respectRetryAfter) return
-    const clock = this.host.clock
-    const asked = askedPause(attempt.statusCode === 429 ? outcome.askedWaitMs : undefined, attempt.headers as NonNullable<Attempt['headers']>, clock.wallNow === undefined ? clock.now() : clock.wallNow())
-    if (asked === null || !limiter.pause(asked.ms, clock.now())) return
-    this.host.events.rateLimitPaused({ client: this.clientName, pausedMs: Math.round(asked.ms), reason: asked.reason }, this.log())
+    this.scope.runInAsyncScope(noTokenCame, null, this, retryAfterMs)
   }
 
   /** The logger of what the call does: its request's, else the client's. */

@@ -1,6 +1,7 @@
 import { callerScope } from '../async-context'
 import { type Attempt, type BodySink, Cut, type CutValue } from '../pipeline/attempt'
-import type { CallHost, Waiter } from '../pipeline/call'
+import type { CallHost } from '../pipeline/call'
+import type { Waiter } from '../pipeline/retry-wait'
 import type { PreparedRequest } from '../pipeline/prepare'
 import type { TimedEntry } from '../pipeline/timer-heap'
 import { TimeoutError } from '../errors'
