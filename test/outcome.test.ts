@@ -1,6 +1,6 @@
 import { test } from 'tap'
-import { Cut } from '../lib/pipeline/attempt'
-import type { Attempt, CutValue } from '../lib/pipeline/attempt'
+import { Cut, type CutValue } from '../lib/pipeline/attempt-state'
+import type { Attempt } from '../lib/pipeline/attempt'
 import { DEFAULT_BREAKER, DEFAULT_RETRY, type ResolvedBreaker } from '../lib/options/resolve'
 import { InvalidRequestError, TimeoutError, UpstreamError } from '../lib/errors'
 import type { TimeoutKind } from '../lib/errors'

@@ -1,35 +1,19 @@
 import type { AsyncResource } from 'node:async_hooks'
 import type { IncomingHttpHeaders } from 'node:http'
-import { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import type { PermitValue } from '../policies/circuit-breaker'
-import { type CallDetails, HttpClientError, ResponseTooLargeError, type TimeoutKind, TimeoutError, UpstreamError } from '../errors'
+import { bodyError, type BodyBuffer, bufferChunk, endBody, failBody } from './attempt-body'
+import { type CallDetails, ResponseTooLargeError, type TimeoutKind, TimeoutError } from '../errors'
+import { Cut, type CutValue, type DispatchController, Phase, type PhaseValue } from './attempt-state'
 import { dispatching } from '../telemetry/events'
 import { type Connection, handlerFrames } from '../transport/connections'
 import type { Sendable, Upstream } from '../transport/upstream'
 import type { TimedEntry, TimerHeap } from './timer-heap'
 
 // The hot path of every call: an attempt is its own undici handler, its own
-// timer-heap entry, its own admission-queue entry and its own body buffer,
-// so sending one allocates nothing else. Decisions live in call.ts.
-
-/** The controller undici 7 and 8 hand a handler in `onRequestStart`. */
-export interface DispatchController {
-  abort(reason: Error): void
-  pause(): void
-  resume(): void
-}
-
-/** Where an attempt is in its life. */
-export const Phase = { Queued: 0, Sent: 1, Streaming: 2, Buffering: 3, Done: 4 } as const
-type PhaseValue = typeof Phase[keyof typeof Phase]
-
-/** Why we cut an attempt short; `None` when undici ended it. `Abandoned`: its body's reader destroyed the stream. */
-export const Cut = { None: 0, Timeout: 1, Caller: 2, Closed: 3, Loser: 4, TooLarge: 5, Abandoned: 6 } as const
-export type CutValue = typeof Cut[keyof typeof Cut]
-
-/** A response body nobody reads yet is paused past this many bytes, as a stream would be. */
-const UNREAD_HIGH_WATER = 64 * 1024
+// timer-heap entry, its own admission-queue entry and its own body buffer
+// (attempt-body.ts reads it), so sending one allocates nothing else.
+// Decisions live in call.ts.
 
 /**
  * Takes a committed stream's body instead of the attempt's buffer
@@ -69,19 +53,13 @@ export interface AttemptOwner extends CallDetails {
   onBodyEnd(attempt: Attempt): void
 }
 
-type Settlers = [(value: Buffer) => void, (error: unknown) => void]
-let settlersBeingMade: Settlers | null = null
-function captureSettlers (resolve: (value: Buffer) => void, reject: (error: unknown) => void): void {
-  settlersBeingMade = [resolve, reject]
-}
-
 /**
  * One attempt of a call on undici's handler API. It is cancelled through
  * its controller (or, before undici handed one over, by leaving: the
  * controller that comes later is aborted at once), and it reports its end to
  * its call exactly once.
  */
-export class Attempt implements Sendable, TimedEntry {
+export class Attempt implements Sendable, TimedEntry, BodyBuffer {
   readonly owner: AttemptOwner
   readonly host: AttemptHost
   readonly upstream: Upstream
@@ -117,14 +95,16 @@ export class Attempt implements Sendable, TimedEntry {
   /** Set when a stream commits to this attempt: its chunks go there. */
   sink: BodySink | null = null
 
-  #controller: DispatchController | null = null
+  // Internal, of this file and attempt-body.ts: undici's controller and the body buffer.
+  controller: DispatchController | null = null
+  first: Buffer | null = null
+  rest: Buffer[] | null = null
+  reader: BodyBuffer['reader'] = null
+  stream: BodyBuffer['stream'] = null
+  read = false
+  paused = false
+
   #dispatched = false
-  #paused = false
-  #first: Buffer | null = null
-  #rest: Buffer[] | null = null
-  #reader: Settlers | null = null
-  #stream: Readable | null = null
-  #read = false
 
   constructor (owner: AttemptOwner, host: AttemptHost, upstream: Upstream, options: Dispatcher.DispatchOptions, number: number, permit: PermitValue, isHedge: boolean, now: number) {
     this.owner = owner
@@ -169,12 +149,12 @@ export class Attempt implements Sendable, TimedEntry {
       controller.abort(asError(this.error))
       return
     }
-    this.#controller = controller
+    this.controller = controller
   }
 
   onResponseStart (controller: DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
     if (this.phase === Phase.Done) return
-    this.#controller = controller
+    this.controller = controller
     this.statusCode = statusCode
     this.headers = headers
     // Socket callbacks run in no call's context: what the call decides now (and logs, and publishes) runs in its own.
@@ -203,25 +183,14 @@ export class Attempt implements Sendable, TimedEntry {
       this.cancel(Cut.TooLarge, new ResponseTooLargeError(this.owner, limit))
       return
     }
-    if (this.#stream !== null) {
-      // The reader's 'data' listeners run as the chunk is pushed: in the call's context.
-      if (!(this.owner.scope.runInAsyncScope(this.#stream.push, this.#stream, chunk) as boolean)) controller.pause()
-      return
-    }
-    if (this.#first === null) this.#first = chunk
-    else if (this.#rest === null) this.#rest = [chunk]
-    else this.#rest.push(chunk)
-    if (this.phase === Phase.Streaming && this.#reader === null && !this.#paused && this.size > UNREAD_HIGH_WATER) {
-      this.#paused = true
-      controller.pause()
-    }
+    bufferChunk(this, controller, chunk)
   }
 
   onResponseEnd (): void {
     if (this.phase === Phase.Done) return
     // A body read whole (json(), text()) settles a promise, which its awaiter resumes in its own
     // context; an answer judged now, or a stream that ends, runs in the call's.
-    if (this.phase === Phase.Streaming && this.#stream === null) this.#end()
+    if (this.phase === Phase.Streaming && this.stream === null) this.#end()
     else this.owner.scope.runInAsyncScope(this.#end, this)
   }
 
@@ -231,12 +200,7 @@ export class Attempt implements Sendable, TimedEntry {
     try {
       this.#finish()
       this.sink?.onEnd()
-      if (this.#stream !== null) this.#stream.push(null)
-      if (this.#reader !== null) {
-        const [resolve] = this.#reader
-        this.#reader = null
-        resolve(this.bytes())
-      }
+      endBody(this)
       if (streaming) this.owner.onBodyEnd(this)
       else this.owner.onAttemptEnd(this)
     } finally {
@@ -256,7 +220,9 @@ export class Attempt implements Sendable, TimedEntry {
     try {
       this.#finish()
       if (streaming) {
-        this.#failBody()
+        const error = bodyError(this)
+        this.sink?.onError(error)
+        failBody(this, error)
         this.owner.onBodyEnd(this)
       } else {
         this.owner.onAttemptEnd(this)
@@ -290,10 +256,10 @@ export class Attempt implements Sendable, TimedEntry {
     if (this.phase === Phase.Queued) {
       this.upstream.unqueue(this)
       this.#dispatched = false
-    } else if (this.#controller !== null) {
+    } else if (this.controller !== null) {
       // undici reports the abort through onResponseError, in undici 7 at once.
-      if (cut === Cut.Loser || cut === Cut.Abandoned) abortUnseen(this.#controller, asError(reason))
-      else this.#controller.abort(asError(reason))
+      if (cut === Cut.Loser || cut === Cut.Abandoned) abortUnseen(this.controller, asError(reason))
+      else this.controller.abort(asError(reason))
       if ((this.phase as PhaseValue) === Phase.Done) return
     }
     this.onResponseError(null, reason as Error)
@@ -308,115 +274,12 @@ export class Attempt implements Sendable, TimedEntry {
     }
   }
 
-  // --- the body ---
+  // --- the body (attempt-body.ts reads and hands it out) ---
 
   /** The whole response has arrived. */
   get complete (): boolean {
     return this.phase === Phase.Done && this.error === undefined
   }
-
-  /** The whole body received so far (all of it once the attempt is done). */
-  bytes (): Buffer {
-    if (this.#first === null) return EMPTY
-    if (this.#rest === null) return this.#first
-    const all = Buffer.concat([this.#first, ...this.#rest], this.size)
-    this.#first = all
-    this.#rest = null
-    return all
-  }
-
-  /** The whole body, once it has arrived. */
-  readAll (): Promise<Buffer> {
-    if (this.#stream !== null) return Promise.reject(new TypeError('the response body is already being read as a stream'))
-    if (this.phase === Phase.Done) {
-      if (this.error !== undefined) return Promise.reject(this.#bodyError())
-      return Promise.resolve(this.bytes())
-    }
-    const promise = new Promise<Buffer>(captureSettlers)
-    this.#reader = settlersBeingMade
-    settlersBeingMade = null
-    this.#resume()
-    return promise
-  }
-
-  /** The body as a `Readable`, made on first use, with backpressure through the controller. */
-  stream (): Readable {
-    if (this.#stream !== null) return this.#stream
-    const stream = new Readable({ read: () => this.#resume(), destroy: (error, callback) => { this.#abandon(error, callback) } })
-    this.#stream = stream
-    this.#read = true
-    if (this.#first !== null) stream.push(this.bytes())
-    this.#first = null
-    if (this.phase === Phase.Done) {
-      if (this.error !== undefined) stream.destroy(this.#bodyError() as Error)
-      else stream.push(null)
-    }
-    return stream
-  }
-
-  /** Marks the body as read by one of `json()`, `text()`, `arrayBuffer()`; `false` if it was already. */
-  takeBody (): boolean {
-    if (this.#read) return false
-    this.#read = true
-    return true
-  }
-
-  /** Stops undici reading the body until `resumeBody()`. */
-  pauseBody (): void {
-    this.#controller?.pause()
-  }
-
-  /** Lets undici read the body again; never from inside `onResponseData`. */
-  resumeBody (): void {
-    this.#resume()
-  }
-
-  /**
-   * The stream is destroyed: by its reader (`destroy()`, a `break` out of
-   * `for await`, a pipeline that failed downstream) or by us as the attempt
-   * failed. A body still coming is not wanted any more: its attempt is cut,
-   * and its connection is free at once.
-   */
-  #abandon (error: Error | null, callback: (error: Error | null) => void): void {
-    if (this.phase !== Phase.Done) this.cancel(Cut.Abandoned, abandonedReason())
-    callback(error)
-  }
-
-  #resume (): void {
-    if (this.#controller === null || this.phase === Phase.Done) return
-    this.#paused = false
-    this.#controller.resume()
-  }
-
-  #failBody (): void {
-    const error = this.#bodyError()
-    this.sink?.onError(error)
-    if (this.#stream !== null) this.#stream.destroy(error as Error)
-    if (this.#reader !== null) {
-      const [, reject] = this.#reader
-      this.#reader = null
-      reject(error)
-    }
-  }
-
-  /** The error a reader of the body sees: ours as they are, a caller's reason as given, undici's wrapped. */
-  #bodyError (): unknown {
-    const error = this.error
-    if (error instanceof HttpClientError || this.cut === Cut.Caller) return error
-    const owner = this.owner
-    return new UpstreamError({ clientName: owner.clientName, method: owner.method, path: owner.path, attempts: this.number, cause: error })
-  }
-}
-
-const EMPTY = Buffer.alloc(0)
-
-/** Why an abandoned body's attempt is aborted: nobody reads it, so it has no stack. */
-function abandonedReason (): Error {
-  const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 0
-  const reason = new DOMException('the response body was destroyed before its end', 'AbortError')
-  Error.stackTraceLimit = limit
-  return reason
 }
 
 /** undici aborts with an Error; a caller's signal may carry any reason. */

@@ -1,6 +1,7 @@
 import type { AsyncResource } from 'node:async_hooks'
 import { callerScope } from '../async-context'
-import { Attempt, type AttemptHost, type AttemptOwner, type BodySink, Cut, type CutValue } from './attempt'
+import { Attempt, type AttemptHost, type AttemptOwner, type BodySink } from './attempt'
+import { Cut, type CutValue } from './attempt-state'
 import { admit, type AdmissionHost, isRefusal, refuse } from './admission'
 import { Permit, type PermitValue, Verdict } from '../policies/circuit-breaker'
 import type { Clock, RandomSource } from '../clock'

@@ -1,5 +1,5 @@
 import type { Attempt } from './attempt'
-import { Cut } from './attempt'
+import { Cut } from './attempt-state'
 import type { Clock } from '../clock'
 import { type CallDetails, failureKind, InvalidRequestError, UpstreamError } from '../errors'
 import type { ResolvedBreaker, ResolvedRetry } from '../options/resolve'

@@ -1,4 +1,5 @@
-import { type Attempt, Cut } from './attempt'
+import type { Attempt } from './attempt'
+import { Cut } from './attempt-state'
 import { type CircuitBreaker, Verdict } from '../policies/circuit-breaker'
 import type { Clock } from '../clock'
 import type { ConcurrencyLimit } from '../policies/concurrency'

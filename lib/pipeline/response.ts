@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Attempt } from './attempt'
+import { bodyBytes, bodyStream, readBody, takeBody } from './attempt-body'
 import { brand, type CallDetails, describeCall, HttpClientError, InvalidResponseError } from '../errors'
 
 const QUOTED_BODY_BYTES = 1024
@@ -77,7 +78,7 @@ export class HttpResponse {
 
   /** The body as a stream, for streaming. Read it once, by one means. */
   get body (): Readable {
-    return this.#attempt.stream()
+    return bodyStream(this.#attempt)
   }
 
   /**
@@ -88,9 +89,9 @@ export class HttpResponse {
   json<T = unknown> (): Promise<T> {
     const attempt = this.#attempt
     // Small bodies usually arrive with their headers: parse at once, one promise.
-    if (attempt.complete && attempt.takeBody()) {
+    if (attempt.complete && takeBody(attempt)) {
       try {
-        return Promise.resolve(JSON.parse(attempt.bytes().toString('utf8')) as T)
+        return Promise.resolve(JSON.parse(bodyBytes(attempt).toString('utf8')) as T)
       } catch (error) {
         return Promise.reject(this.#notJson(error))
       }
@@ -118,7 +119,7 @@ export class HttpResponse {
   raiseForStatus (): this {
     if (this.ok) return this
     const call = this.#call
-    const quoted = this.#attempt.bytes().subarray(0, QUOTED_BODY_BYTES).toString('utf8')
+    const quoted = bodyBytes(this.#attempt).subarray(0, QUOTED_BODY_BYTES).toString('utf8')
     throw new HttpStatusError({ clientName: call.clientName, method: call.method, path: call.path, attempts: this.attempts }, this.statusCode, quoted, this)
   }
 
@@ -129,8 +130,8 @@ export class HttpResponse {
 
   #bytes (): Promise<Buffer> {
     const attempt = this.#attempt
-    if (!attempt.takeBody() && !attempt.complete) return Promise.reject(new TypeError('the response body was already read'))
-    return attempt.readAll()
+    if (!takeBody(attempt) && !attempt.complete) return Promise.reject(new TypeError('the response body was already read'))
+    return readBody(attempt)
   }
 }
 

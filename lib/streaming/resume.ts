@@ -1,5 +1,5 @@
 import type { Attempt } from '../pipeline/attempt'
-import { Cut } from '../pipeline/attempt'
+import { Cut } from '../pipeline/attempt-state'
 import { backoffDelay } from '../pipeline/backoff'
 import { Call } from '../pipeline/call'
 import type { PreparedRequest } from '../pipeline/prepare'

@@ -1,5 +1,7 @@
 import { callerScope } from '../async-context'
-import { type Attempt, type BodySink, Cut, type CutValue } from '../pipeline/attempt'
+import type { Attempt, BodySink } from '../pipeline/attempt'
+import { pauseBody, resumeBody } from '../pipeline/attempt-body'
+import { Cut, type CutValue } from '../pipeline/attempt-state'
 import type { CallHost } from '../pipeline/call'
 import type { Waiter } from '../pipeline/retry-wait'
 import type { PreparedRequest } from '../pipeline/prepare'
@@ -125,7 +127,7 @@ export class StreamCore implements BodySink, TimedEntry, Waiter {
     }
     if (!this.#paused && this.#held >= HIGH_WATER && this.#attempt !== null) {
       this.#paused = true
-      this.#attempt.pauseBody()
+      pauseBody(this.#attempt)
     }
   }
 
@@ -165,7 +167,7 @@ export class StreamCore implements BodySink, TimedEntry, Waiter {
       this.#paused = false
       // Time spent paused is the consumer's, not the upstream's silence.
       this.#lastChunkAt = this.host.clock.now()
-      this.#attempt.resumeBody()
+      resumeBody(this.#attempt)
     }
     return chunk
   }
