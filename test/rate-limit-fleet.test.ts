@@ -35,26 +35,30 @@ test('three Node processes share one limit through Redis, and one 429 pauses all
   const readyDir = mkdtempSync(path.join(tmpdir(), 'frh-fleet-'))
   t.teardown(() => rmSync(readyDir, { recursive: true, force: true }))
   // A slow Redis answer must not send an instance to its fallback here: this test is about the shared limit.
-  const env = { UPSTREAM_URL: upstream.url, REDIS_PORT: String(redis.port), PER_SECOND: String(PER_SECOND), BURST: String(BURST), KEY: 'frh:test:fleet', READY_DIR: readyDir, DURATION_MS: '3500', REDIS_TIMEOUT_MS: '2000' }
+  const env = { UPSTREAM_URL: upstream.url, REDIS_PORT: String(redis.port), PER_SECOND: String(PER_SECOND), BURST: String(BURST), KEY: 'frh:test:fleet', SEND_TIMES: '1', READY_DIR: readyDir, DURATION_MS: '3500', REDIS_TIMEOUT_MS: '2000' }
   const children = Promise.all(Array.from({ length: INSTANCES }, () => runChildThatMustExit(t, [FIXTURE], { env, cwd: path.join(__dirname, '..') })))
   // Node starts slowly on a busy machine: the instances start together once all are ready.
   t.ok(await eventually(() => readdirSync(readyDir).length === INSTANCES, 30_000), 'the instances are ready')
   writeFileSync(path.join(readyDir, 'go'), String(Date.now() + 100))
   const results = await children
   for (const result of results) t.equal(result.code, 0, result.stderr)
-  const reports = results.map((result) => JSON.parse(result.stdout) as { sent: number, refused: number })
+  const reports = results.map((result) => JSON.parse(result.stdout) as { sent: number, refused: number, sendTimes: number[] })
   t.equal(reports.reduce((sum, report) => sum + report.sent, 0), hits.length, 'every call the instances counted as sent reached the upstream')
-  t.ok(reports.every((report) => report.sent > 10), `every instance had its share (${JSON.stringify(reports)})`)
+  t.ok(reports.every((report) => report.sent > 10), `every instance had its share (${JSON.stringify(reports.map(({ sent, refused }) => ({ sent, refused })))})`)
 
-  // Over any span: at most perSecond × span + burst + instances × lease.
-  let worst = 0
-  for (let i = 0; i < hits.length; i++) {
-    for (let j = i; j < hits.length; j++) {
-      const allowed = PER_SECOND * (hits[j] - hits[i]) / 1000 + BURST + INSTANCES * LEASE
+  // Over any span: at most perSecond × span + burst + instances × lease. Measured on the moments the
+  // instances handed their requests to undici (one machine, one wall clock): a busy machine delivers
+  // evenly sent requests in bunches, so arrival times at the upstream would measure the scheduler.
+  const sends = reports.flatMap((report) => report.sendTimes).sort((a, b) => a - b)
+  t.equal(sends.length, hits.length, 'every request handed to undici reached the upstream')
+  let worst = -Infinity
+  for (let i = 0; i < sends.length; i++) {
+    for (let j = i; j < sends.length; j++) {
+      const allowed = PER_SECOND * (sends[j] - sends[i]) / 1000 + BURST + INSTANCES * LEASE
       worst = Math.max(worst, (j - i + 1) - allowed)
     }
   }
-  t.ok(worst <= 1, `never over the bound (at worst ${worst.toFixed(2)} over, for clock resolution)`)
+  t.ok(worst <= 1, `never over the bound when sent (at worst ${worst.toFixed(2)} over, for timer resolution)`)
   t.ok(hits.length >= 0.5 * PER_SECOND * 1.5, `the limit was used, not starved: ${hits.length} calls`)
 
   t.ok(pausedAt > 0, 'the upstream answered 429 with Retry-After: 2')
