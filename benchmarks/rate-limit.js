@@ -102,7 +102,9 @@ async function runFleet (instances, env, durationMs) {
       })
     })
     for (let i = 0; i < 3_000 && fs.readdirSync(dir).length < instances; i++) await new Promise((resolve) => setTimeout(resolve, 10))
-    fs.writeFileSync(path.join(dir, 'go'), String(Date.now() + 200))
+    // Written aside and renamed: an instance must never read a half-written start time.
+    fs.writeFileSync(path.join(dir, 'go.tmp'), String(Date.now() + 200))
+    fs.renameSync(path.join(dir, 'go.tmp'), path.join(dir, 'go'))
     return await Promise.all(children)
   } finally {
     fs.rmSync(dir, { recursive: true, force: true })

@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { test } from 'tap'
@@ -39,7 +39,9 @@ test('three Node processes share one limit through Redis, and one 429 pauses all
   const children = Promise.all(Array.from({ length: INSTANCES }, () => runChildThatMustExit(t, [FIXTURE], { env, cwd: path.join(__dirname, '..') })))
   // Node starts slowly on a busy machine: the instances start together once all are ready.
   t.ok(await eventually(() => readdirSync(readyDir).length === INSTANCES, 30_000), 'the instances are ready')
-  writeFileSync(path.join(readyDir, 'go'), String(Date.now() + 100))
+  // Written aside and renamed: an instance that sees 'go' must never read it half-written (an empty start time ends its run at once).
+  writeFileSync(path.join(readyDir, 'go.tmp'), String(Date.now() + 100))
+  renameSync(path.join(readyDir, 'go.tmp'), path.join(readyDir, 'go'))
   const results = await children
   for (const result of results) t.equal(result.code, 0, result.stderr)
   const reports = results.map((result) => JSON.parse(result.stdout) as { sent: number, refused: number, sendTimes: number[] })
