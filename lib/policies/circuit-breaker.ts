@@ -32,7 +32,7 @@ export interface BreakerSettings {
   readonly slowCallRatio: number
   readonly minimumThroughput: number
   readonly samplingMs: number
-  /** Equal to `recoveryMs`: a failed probe reopens for `recoveryMs`. */
+  /** The cap on the doubled open time after failed probes; at `recoveryMs` a failed probe reopens for `recoveryMs`, as in 0.2. */
   readonly recoveryMaxMs: number
 }
 
