@@ -1,12 +1,15 @@
 // `npm run example`: a gateway with three catalog replicas and a flaky
 // payments upstream, driven through good times, Retry-After, backoff, a short
-// deadline, a stalled replica, a bad replica, an outage and a recovery, and a
-// token stream that drops and resumes, with a timeline of what the clients do about it. Ends by itself in a few seconds.
+// deadline, a stalled replica, a bad replica, an outage and a recovery; then a
+// relayed token stream that drops and resumes, loses its caller, and stalls;
+// a form and a file upload; a bearer token refreshed after a 401; and a rate
+// limit paused by the upstream's 429. A timeline shows what the clients do
+// about each. Ends by itself in a few seconds.
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request } from 'undici'
-import { buildGateway, EJECTION_MS, RECOVERY_MS } from './gateway'
+import { buildGateway, EJECTION_MS, IDLE_TIMEOUT_MS, QUOTES_PER_SECOND, RECOVERY_MS } from './gateway'
 import { heading, log, nameOrigins, watchClientEvents } from './timeline'
-import { DEADLINE_HEADER, startCatalog, startPayments, startTokens } from './upstreams'
+import { DEADLINE_HEADER, startAccounts, startCatalog, startDocuments, startPayments, startQuotes, startTokens } from './upstreams'
 
 interface Reply {
   statusCode: number
@@ -24,8 +27,19 @@ async function main (): Promise<void> {
   const catalog = await startCatalog(log)
   const payments = await startPayments(log)
   const tokens = await startTokens(log)
+  const documents = await startDocuments(log)
+  const accounts = await startAccounts(log)
+  const quotes = await startQuotes(log)
   nameOrigins(catalog.urls, catalog.names)
-  const app = await buildGateway({ catalogUrls: catalog.urls, paymentsUrl: payments.url, tokensUrl: tokens.url, log })
+  const app = await buildGateway({
+    catalogUrls: catalog.urls,
+    paymentsUrl: payments.url,
+    tokensUrl: tokens.url,
+    documentsUrl: documents.url,
+    accountsUrl: accounts.url,
+    quotesUrl: quotes.url,
+    log
+  })
   const gateway = await app.listen({ port: 0, host: '127.0.0.1' })
   const agent = new Agent()
   let sent = 0
@@ -112,8 +126,43 @@ async function main (): Promise<void> {
     heading('11. a token stream: the upstream drops after event 3, the stream resumes with Last-Event-ID, the caller sees one sequence')
     log('client', 'GET /tokens')
     const stream = await request(`${gateway}/tokens`, { dispatcher: agent })
-    const ids = [...(await stream.body.text()).matchAll(/^id: (\d+)$/gm)].map((match) => match[1])
-    log('client', `<- ${stream.statusCode} events ${ids.join(', ')}`)
+    log('client', `<- ${stream.statusCode} ${describeEvents(await stream.body.text())}`)
+
+    heading('12. the caller hangs up after event 2: the gateway closes the upstream stream at once')
+    log('client', 'GET /tokens')
+    const leaving = await request(`${gateway}/tokens`, { dispatcher: agent })
+    let received = ''
+    for await (const chunk of leaving.body) {
+      received += String(chunk)
+      if (/^id: 2$/m.test(received)) break // leaving the loop destroys the body: the connection is cut
+    }
+    log('client', `hangs up after ${describeEvents(received)}`)
+    await sleep(100) // the hang-up travels to the upstream
+
+    heading(`13. the token upstream stalls after event 2: ${IDLE_TIMEOUT_MS} ms of silence cut the stream, it resumes once, stalls again, and the relay ends with a TimeoutError of kind 'idle'`)
+    tokens.stallAfter(2)
+    log('client', 'GET /tokens')
+    const stalled = await request(`${gateway}/tokens`, { dispatcher: agent })
+    log('client', `<- ${stalled.statusCode} ${describeEvents(await stalled.body.text())}`)
+    tokens.stallAfter(null)
+    await sleep(20) // the upstream notices the hang-up
+
+    heading('14. a form and a file upload: the documents upstream reports what it received')
+    await send('POST', '/feedback', { rating: 5, tags: ['fast', 'clear'] })
+    await send('POST', '/notes', { title: 'plan', text: '# Plan\n\n- ship 0.3\n' })
+
+    heading('15. accounts wants a bearer token: auth.token() gets one before the first call; once it is revoked, two calls answered 401 share one refresh and are each sent once more')
+    await send('GET', '/me')
+    accounts.revokeTokens()
+    await Promise.all([send('GET', '/me'), send('GET', '/me')])
+
+    heading(`16. quotes answers 429 with Retry-After: 1: the client's rate limit (${QUOTES_PER_SECOND}/s) pauses for that second instead of opening the circuit, and calls made meanwhile wait their turn`)
+    quotes.overQuotaNext(1)
+    const overQuota = send('GET', '/quotes/ACME')
+    await sleep(200)
+    await Promise.all([send('GET', '/quotes/BOLT'), send('GET', '/quotes/CRUX'), overQuota])
+    const limited = app.httpClients.quotes.stats()
+    log('gateway', `quotes stats: circuit=${limited.circuit} retries=${limited.retries} rateLimitWaits=${limited.rateLimitWaits} rateLimited=${limited.rateLimited}`)
 
     heading('stats of the payments client')
     const { requests, successes, failures, retries, shortCircuited, circuit } = app.httpClients.payments.stats()
@@ -124,11 +173,27 @@ async function main (): Promise<void> {
     await catalog.close()
     await payments.close()
     await tokens.close()
+    await documents.close()
+    await accounts.close()
+    await quotes.close()
     stopWatching()
   }
 }
 
+/** `events 1, 2, 3` of a relayed stream, and the error event that ended it, if any. */
+function describeEvents (text: string): string {
+  const ids = [...text.matchAll(/^id: (\d+)$/gm)].map((match) => match[1])
+  const error = /^event: error\ndata: (.*)$/m.exec(text)?.[1]
+  return `events ${ids.join(', ')}${error === undefined ? '' : `, then an error event ${error}`}`
+}
+
 function describe (payload: Record<string, unknown>): string {
+  if (payload.contentType !== undefined) {
+    const files = (payload.files as Array<{ name: string, type: string, bytes: number }>).map((file) => `, file ${file.name} (${file.type}, ${file.bytes} bytes)`).join('')
+    return `received ${String(payload.contentType).replace(/;.*/, '')}: ${JSON.stringify(payload.fields)}${files}`
+  }
+  if (payload.user !== undefined) return `${payload.user} (${payload.plan}) in ${payload.attempts} attempt(s)`
+  if (payload.symbol !== undefined) return `${payload.symbol} at ${payload.price} in ${payload.attempts} attempt(s)`
   if (payload.chargeId !== undefined) return `charged ${payload.product} (${payload.chargeId}) in ${payload.attempts} attempt(s)`
   if (payload.name !== undefined) return `${payload.name} in ${payload.attempts} attempt(s)`
   if (payload.code !== undefined) return `${payload.code} "${payload.error}"`

@@ -2,7 +2,7 @@
 // by hand with curl. PORT (default 3000) sets the gateway's port.
 import { buildGateway } from './gateway'
 import { log, watchClientEvents } from './timeline'
-import { startCatalog, startPayments, startTokens } from './upstreams'
+import { startAccounts, startCatalog, startDocuments, startPayments, startQuotes, startTokens } from './upstreams'
 
 const MODES = ['healthy', 'flaky', 'down'] as const
 type Mode = typeof MODES[number]
@@ -13,7 +13,18 @@ async function main (): Promise<void> {
   const catalog = await startCatalog(log)
   const payments = await startPayments(log)
   const tokens = await startTokens(log)
-  const app = await buildGateway({ catalogUrls: catalog.urls, paymentsUrl: payments.url, tokensUrl: tokens.url, log })
+  const documents = await startDocuments(log)
+  const accounts = await startAccounts(log)
+  const quotes = await startQuotes(log)
+  const app = await buildGateway({
+    catalogUrls: catalog.urls,
+    paymentsUrl: payments.url,
+    tokensUrl: tokens.url,
+    documentsUrl: documents.url,
+    accountsUrl: accounts.url,
+    quotesUrl: quotes.url,
+    log
+  })
 
   // Not part of a real gateway: switches the payments upstream's behaviour.
   app.post<{ Params: { mode: Mode } }>('/_demo/payments/:mode', {
@@ -46,6 +57,11 @@ async function main (): Promise<void> {
   curl -i -X POST ${address}/checkout -H 'content-type: application/json' -d '{"productId":"1"}'
   curl -i -X POST ${address}/checkout -H 'content-type: application/json' -H 'x-request-timeout-ms: 5' -d '{"productId":"1"}'
   curl ${address}/stats
+  curl -N ${address}/tokens                        # a stream of Server-Sent Events, relayed
+  curl -X POST ${address}/feedback -H 'content-type: application/json' -d '{"rating":5,"tags":["fast","clear"]}'
+  curl -X POST ${address}/notes -H 'content-type: application/json' -d '{"title":"plan","text":"# Plan"}'
+  curl ${address}/me                               # a bearer token from the identity provider
+  curl ${address}/quotes/ACME                      # at most 10 calls a second to quotes
 
   curl -X POST ${address}/_demo/payments/flaky     # 2 charges in 3 answer 503 at first (every third with Retry-After: 1,
                                                    # which opens the circuit for that second); their retries succeed
@@ -60,7 +76,7 @@ Ctrl-C stops it.
   const shutdown = (): void => {
     log('gateway', 'closing')
     app.close()
-      .then(() => Promise.all([catalog.close(), payments.close(), tokens.close()]))
+      .then(() => Promise.all([catalog.close(), payments.close(), tokens.close(), documents.close(), accounts.close(), quotes.close()]))
       .then(stopWatching, (error: unknown) => {
         console.error(error)
         process.exitCode = 1

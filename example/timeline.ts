@@ -1,7 +1,8 @@
 // Prints what happens, as it happens: the clients' retries, hedges, circuit
-// transitions and replica ejections come from the package's diagnostics channels.
+// transitions, replica ejections, stream resumes and idle timeouts, and
+// rate-limit pauses come from the package's diagnostics channels.
 import diagnosticsChannel from 'node:diagnostics_channel'
-import { CHANNELS, type CircuitEvent, type RetryEvent, type RetrySkippedEvent, type StreamResumedEvent } from 'fastify-resilient-http'
+import { CHANNELS, type CircuitEvent, type RateLimitedEvent, type RateLimitPausedEvent, type RetryEvent, type RetrySkippedEvent, type StreamIdleTimeoutEvent, type StreamResumedEvent } from 'fastify-resilient-http'
 
 let started: number | undefined
 
@@ -53,6 +54,21 @@ function onResumed (message: unknown): void {
   log(event.client, `  resume: ${event.method} ${event.path} after event ${event.lastEventId}, in ${event.waitMs} ms`)
 }
 
+function onIdle (message: unknown): void {
+  const event = message as StreamIdleTimeoutEvent
+  log(event.client, `  idle: ${event.method} ${event.path} sent nothing for ${event.idleTimeoutMs} ms, the connection is cut`)
+}
+
+function onRateLimitPaused (message: unknown): void {
+  const event = message as RateLimitPausedEvent
+  log(event.client, `  rate limit paused for ${event.pausedMs} ms (${event.reason}): calls wait for their turn, nothing is sent`)
+}
+
+function onRateLimited (message: unknown): void {
+  const event = message as RateLimitedEvent
+  log(event.client, `  rate limited: ${event.method} ${event.path} refused, the next token comes in ${event.retryAfterMs} ms`)
+}
+
 function onHedge (message: unknown): void {
   const event = message as HedgeMessage
   log(event.client, `  hedge: ${event.method} ${event.path} no answer after ${event.delayMs} ms, attempt ${event.attempt} goes to another replica`)
@@ -84,6 +100,9 @@ const LISTENERS: Array<[string, (message: unknown) => void]> = [
   [CHANNELS.circuit, onCircuit],
   [CHANNELS.hedge, onHedge],
   [CHANNELS.streamResumed, onResumed],
+  [CHANNELS.streamIdleTimeout, onIdle],
+  [CHANNELS.rateLimitPaused, onRateLimitPaused],
+  [CHANNELS.rateLimited, onRateLimited],
   [CHANNELS.replica, onReplica],
   [CHANNELS.deadlineExceeded, onDeadline]
 ]

@@ -1,6 +1,8 @@
 // The services the gateway calls, as real HTTP servers on 127.0.0.1: three
-// replicas of catalog, and a payments service that can be scripted, made
-// flaky or slow, and taken down.
+// replicas of catalog, a payments service that can be scripted, made flaky or
+// slow, and taken down, a token stream, a service that reports the forms and
+// files it receives, an identity provider with the service it guards, and a
+// rate-limited market-data API.
 import { once } from 'node:events'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
@@ -32,11 +34,11 @@ function sendJson (res: ServerResponse, status: number, value: unknown, headers:
   res.end(body)
 }
 
-function readBody (req: IncomingMessage): Promise<string> {
+function readBytes (req: IncomingMessage): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = []
     req.on('data', (chunk: Buffer) => chunks.push(chunk))
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
+    req.on('end', () => resolve(Buffer.concat(chunks)))
     req.on('error', reject)
   })
 }
@@ -188,7 +190,8 @@ export async function startPayments (log: Log): Promise<Payments> {
   }
 
   const server = new Server((req, res) => {
-    readBody(req).then((body) => {
+    readBytes(req).then((bytes) => {
+      const body = bytes.toString('utf8')
       const key = String(req.headers['idempotency-key'])
       const answer = queue.shift() ?? (mode === 'flaky' ? flakyAnswer(key) : { status: 200 })
       const retryAfter = answer.retryAfter === undefined ? '' : ` (Retry-After: ${answer.retryAfter})`
@@ -228,6 +231,12 @@ export async function startPayments (log: Log): Promise<Payments> {
 
 export interface Tokens {
   url: string
+  /**
+   * `n`: from now on every connection stalls once it has sent event `n` (at
+   * once, when it resumes past it): it sends nothing more and stays open.
+   * `null`: connections send every event again.
+   */
+  stallAfter (n: number | null): void
   close (): Promise<void>
 }
 
@@ -238,26 +247,172 @@ export interface Tokens {
  */
 export async function startTokens (log: Log): Promise<Tokens> {
   let connections = 0
+  let stallAfter: number | null = null
   const server = new Server((req, res) => {
     const lastEventId = req.headers['last-event-id']
     const first = connections++ === 0
     log('tokens', `${req.method} ${req.url}${lastEventId === undefined ? '' : `  last-event-id=${lastEventId}`}`)
     res.writeHead(200, { 'content-type': 'text/event-stream' })
+    // The headers go now, not with the first event: a stream that stalls at once has still answered.
+    res.flushHeaders()
     let id = Number(lastEventId ?? 0)
+    let dropped = false
+    const stall = stallAfter
+    const stalls = (): boolean => {
+      if (stall === null || id < stall) return false
+      clearInterval(timer)
+      log('tokens', `  stalls after event ${id}: sends nothing more, keeps the connection open`)
+      return true
+    }
     const timer = setInterval(() => {
       res.write(`id: ${++id}\ndata: token ${id}\n\n`)
       if (first && id === 3) {
         clearInterval(timer)
         setTimeout(() => {
           log('tokens', '  the connection drops after event 3')
+          dropped = true
           res.socket?.destroy()
         }, 10)
       } else if (id >= 6) {
         res.end()
+      } else {
+        stalls()
       }
     }, 30)
-    res.on('close', () => clearInterval(timer))
+    stalls()
+    res.on('close', () => {
+      clearInterval(timer)
+      if (!dropped && !res.writableEnded) log('tokens', `  the gateway closed the stream after event ${id}`)
+    })
+  })
+  await server.listen(0)
+  return {
+    url: server.url,
+    stallAfter (n) {
+      stallAfter = n
+    },
+    close: () => server.stop()
+  }
+}
+
+export interface Documents {
+  url: string
+  close (): Promise<void>
+}
+
+/** What the documents upstream says it received. */
+export interface Received {
+  contentType: string
+  /** The `content-length` header, or `'none (chunked)'`. */
+  contentLength: string
+  fields: Record<string, string | string[]>
+  files: Array<{ field: string, name: string, type: string, bytes: number }>
+}
+
+/**
+ * A service that reports what it received: `POST /v1/forms` (a urlencoded
+ * form) and `POST /v1/files` (a multipart upload), each answered with its
+ * content type, length, fields and files.
+ */
+export async function startDocuments (log: Log): Promise<Documents> {
+  const server = new Server((req, res) => {
+    readBytes(req).then(async (bytes) => {
+      const contentType = req.headers['content-type'] ?? ''
+      // The platform's own parser reads both kinds of form.
+      const form = await new Response(new Uint8Array(bytes), { headers: { 'content-type': contentType } }).formData()
+      const received: Received = { contentType, contentLength: req.headers['content-length'] ?? 'none (chunked)', fields: {}, files: [] }
+      for (const [field, value] of form) {
+        if (typeof value !== 'string') {
+          received.files.push({ field, name: value.name, type: value.type, bytes: value.size })
+          continue
+        }
+        const seen = received.fields[field]
+        received.fields[field] = seen === undefined ? value : [...(Array.isArray(seen) ? seen : [seen]), value]
+      }
+      const files = received.files.map((file) => `  ${file.field}=${file.name} (${file.type}, ${file.bytes} bytes)`).join('')
+      log('documents', `${req.method} ${req.url}  content-type=${contentType.replace(/boundary=.*/, 'boundary=…')}  content-length=${received.contentLength}`)
+      log('documents', `  fields ${JSON.stringify(received.fields)}${files}`)
+      sendJson(res, 200, received)
+    }).catch((error: Error) => sendJson(res, 400, { error: error.message }))
   })
   await server.listen(0)
   return { url: server.url, close: () => server.stop() }
+}
+
+export interface Accounts {
+  url: string
+  /** Every token issued so far stops being accepted (a key rotation). */
+  revokeTokens (): void
+  close (): Promise<void>
+}
+
+/**
+ * An identity provider and the service it guards, on one server: `POST
+ * /oauth/token` issues bearer tokens for a client-credentials form; `GET
+ * /v1/me` answers 401 to any other token than the newest, not revoked one.
+ */
+export async function startAccounts (log: Log): Promise<Accounts> {
+  let issued = 0
+  let valid: string | null = null
+  const server = new Server((req, res) => {
+    readBytes(req).then((bytes) => {
+      if (req.method === 'POST' && req.url === '/oauth/token') {
+        const form = new URLSearchParams(bytes.toString('utf8'))
+        valid = `tok-${++issued}`
+        log('identity', `${req.method} ${req.url}  grant_type=${form.get('grant_type')} client_id=${form.get('client_id')}  -> ${valid}`)
+        sendJson(res, 200, { access_token: valid, token_type: 'Bearer' })
+        return
+      }
+      const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1]
+      const seen = `${req.method} ${req.url}  x-request-id=${req.headers['x-request-id']}  authorization=Bearer ${token ?? '(none)'}`
+      if (token === undefined || token !== valid) {
+        log('accounts', `${seen}  -> 401 (unknown or revoked token)`)
+        sendJson(res, 401, { error: 'invalid_token' }, { 'www-authenticate': 'Bearer error="invalid_token"' })
+        return
+      }
+      log('accounts', `${seen}  -> 200`)
+      sendJson(res, 200, { user: 'ada', plan: 'pro' })
+    }, (error: Error) => res.destroy(error))
+  })
+  await server.listen(0)
+  return {
+    url: server.url,
+    revokeTokens () {
+      log('identity', `  revokes ${valid ?? 'every token'}`)
+      valid = null
+    },
+    close: () => server.stop()
+  }
+}
+
+export interface Quotes {
+  url: string
+  /** The next request is over the quota: it is answered 429 with `Retry-After: seconds`. */
+  overQuotaNext (seconds: number): void
+  close (): Promise<void>
+}
+
+/** A market-data API that sells a rate: `GET /v1/quotes/:symbol`, and 429 with `Retry-After` when its quota is spent. */
+export async function startQuotes (log: Log): Promise<Quotes> {
+  let retryAfter = 0
+  const server = new Server((req, res) => {
+    const seen = `${req.method} ${req.url}  x-request-id=${req.headers['x-request-id']}`
+    if (retryAfter > 0) {
+      log('quotes', `${seen}  -> 429 (Retry-After: ${retryAfter}): the quota is spent`)
+      sendJson(res, 429, { error: 'rate limit exceeded' }, { 'retry-after': String(retryAfter) })
+      retryAfter = 0
+      return
+    }
+    const symbol = /^\/v1\/quotes\/(\w+)$/.exec(req.url ?? '')?.[1] ?? '?'
+    log('quotes', `${seen}  -> 200`)
+    sendJson(res, 200, { symbol, price: [...symbol].reduce((sum, char) => sum + char.charCodeAt(0), 0) / 10 })
+  })
+  await server.listen(0)
+  return {
+    url: server.url,
+    overQuotaNext (seconds) {
+      retryAfter = seconds
+    },
+    close: () => server.stop()
+  }
 }
