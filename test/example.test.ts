@@ -152,6 +152,75 @@ test('npm run example shows each scene and exits by itself', async (t) => {
     /client {5}<- 200 events 1, 2, 3, 4, 5, 6$/
   ])
 
+  const hangUp = scene(lines, 12)
+  check('a caller who hangs up ends the upstream stream', hangUp, [
+    /tokens {5}GET \/v1\/stream$/,
+    /client {5}hangs up after events 1, 2$/,
+    /gateway {6}the caller went away: the upstream stream is closed/,
+    /tokens {7}the gateway closed the stream after event \d$/
+  ])
+  t.notOk(hangUp.some((line) => /id: 6|events .*6/.test(line)), 'the upstream did not send the whole stream')
+
+  const idle = scene(lines, 13)
+  check('a stalled stream is cut by the idle timeout, resumes once, and the relay ends with kind idle', idle, [
+    /tokens {5}GET \/v1\/stream$/,
+    /tokens {7}stalls after event 2/,
+    /tokens {7}idle: GET \/v1\/stream sent nothing for 300 ms, the connection is cut/,
+    /tokens {7}resume: GET \/v1\/stream after event 2, in \d+ ms/,
+    /tokens {5}GET \/v1\/stream {2}last-event-id=2/,
+    /tokens {7}idle: GET \/v1\/stream sent nothing for 300 ms/,
+    /gateway {6}the token stream failed: .*idle timeout of 300 ms.* \(kind 'idle'\)/,
+    /client {5}<- 200 events 1, 2, then an error event \{"code":"FRH_TIMEOUT"\}$/
+  ])
+  // The stall is cut by silence after the commit, not by the attempt's timeout: about 300 ms after it starts.
+  const at = (line: string | undefined): number => Number(/^\+\s*(\d+\.\d+)s/.exec(line ?? '')?.[1] ?? NaN)
+  const stalledAt = at(idle.find((line) => /tokens {7}stalls after event 2/.test(line)))
+  const cutAt = at(idle.find((line) => /tokens {7}idle: GET \/v1\/stream/.test(line)))
+  t.ok(cutAt - stalledAt >= 0.25, `the idle timeout waited for the silence (${Math.round((cutAt - stalledAt) * 1000)} ms)`)
+  t.notOk(idle.some((line) => line.includes('attempt timeout')), 'no attempt timeout cut the stream')
+
+  check('a form and a multipart upload arrive as sent', scene(lines, 14), [
+    /documents {2}POST \/v1\/forms {2}content-type=application\/x-www-form-urlencoded {2}content-length=\d+/,
+    /documents {4}fields \{"rating":"5","tags":\["fast","clear"\],"anonymous":"true"\}/,
+    /client {5}<- 200 received application\/x-www-form-urlencoded: /,
+    /documents {2}POST \/v1\/files {2}content-type=multipart\/form-data; boundary=… {2}content-length=\d+/,
+    /documents {4}fields \{"title":"plan"\} {2}file=plan\.md \(text\/markdown, 19 bytes\)/,
+    /client {5}<- 200 received multipart\/form-data: \{"title":"plan"\}, file plan\.md \(text\/markdown, 19 bytes\)/
+  ])
+
+  const auth = scene(lines, 15)
+  check('a token before the first call, and one shared refresh after the 401s', auth, [
+    /gateway {6}auth\.token\(\): asks the identity provider for a token/,
+    /identity {3}POST \/oauth\/token {2}grant_type=client_credentials client_id=gateway {2}-> tok-1/,
+    /accounts {3}GET \/v1\/me .* authorization=Bearer tok-1 {2}-> 200/,
+    /client {5}<- 200 ada \(pro\) in 1 attempt\(s\)/,
+    /identity {5}revokes tok-1/,
+    /accounts {3}GET \/v1\/me .* authorization=Bearer tok-1 {2}-> 401/,
+    /identity {3}POST \/oauth\/token .* -> tok-2/,
+    /accounts {3}GET \/v1\/me .* authorization=Bearer tok-2 {2}-> 200/,
+    /accounts {3}GET \/v1\/me .* authorization=Bearer tok-2 {2}-> 200/
+  ])
+  const afterRevoke = auth.slice(auth.findIndex((line) => line.includes('revokes tok-1')))
+  t.equal(afterRevoke.filter((line) => /authorization=Bearer tok-1 {2}-> 401/.test(line)).length, 2, 'both calls were answered 401')
+  t.equal(afterRevoke.filter((line) => line.includes('auth.token()')).length, 1, 'the two 401s shared one refresh')
+  t.equal(afterRevoke.filter((line) => /<- 200 ada \(pro\) in 1 attempt\(s\)/.test(line)).length, 2, 'both succeeded, and the resend was not a retry')
+
+  const limit = scene(lines, 16)
+  check('a 429 with Retry-After pauses the rate limit, calls wait their turn, the circuit stays closed', limit, [
+    /quotes {5}GET \/v1\/quotes\/ACME .* -> 429 \(Retry-After: 1\)/,
+    /quotes {7}rate limit paused for 1000 ms \(retry-after\)/,
+    /client {5}GET \/quotes\/BOLT/,
+    /quotes {5}GET \/v1\/quotes\/BOLT .* -> 200/,
+    /quotes {5}GET \/v1\/quotes\/CRUX .* -> 200/,
+    /quotes {5}GET \/v1\/quotes\/ACME .* -> 200/,
+    /gateway {4}quotes stats: circuit=closed retries=1 rateLimitWaits=3 rateLimited=0/
+  ])
+  t.ok(limit.some((line) => /quotes {7}retry: GET \/quotes\/ACME attempt 1 failed \(status 429\), retry in 1000 ms/.test(line)), 'the call that met the 429 retries when Retry-After says')
+  t.notOk(limit.some((line) => /circuit [\w-]+ -> |FRH_|<- [45]\d\d/.test(line)), 'no circuit transition and no failed call')
+  const pausedAt = at(limit.find((line) => /quotes {5}GET .* -> 429/.test(line)))
+  const resumedAt = at(limit.find((line) => /quotes {5}GET \/v1\/quotes\/BOLT/.test(line)))
+  t.ok(resumedAt - pausedAt >= 0.9, `nothing was sent during the pause (the next call went after ${Math.round((resumedAt - pausedAt) * 1000)} ms)`)
+
   // What the gateway logs stays in its logs: no reply quotes an internal address or an upstream's error.
   t.same(lines.filter((line) => line.includes('client     <- ') && /ECONNREFUSED|127\.0\.0\.1|answered \d{3}/.test(line)), [], 'replies carry generic messages only')
   t.match(stdout, /"circuit":"closed"/, 'the payments circuit ends closed')
