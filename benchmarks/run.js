@@ -35,7 +35,7 @@ const HEDGING = ['tail, no hedging', 'tail, no hedging A/A', 'tail, hedge auto']
 const OVERLOAD = ['overload, unprotected', 'overload, adaptive']
 const OTEL = ['otel counter off', 'otel counter off A/A', 'otel counter on']
 const BODIES = ['ours form', 'undici form', 'ours multipart', 'undici multipart']
-const STREAMING = ['ours ndjson', 'undici request + split2', 'ours events', 'undici request + eventsource-parser']
+const STREAMING = ['ours ndjson', 'undici request + split2', 'ours events', 'undici request + eventsource-parser', 'undici request + eventsource-parser, for await']
 
 // Each phase has a time budget; a phase that runs out of it does fewer rounds
 // and the report says how many it did.

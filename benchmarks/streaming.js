@@ -56,6 +56,28 @@ const contenders = {
       for await (const chunk of body) parser.feed(decoder.decode(chunk, { stream: true }))
       return items
     }
+  },
+  // The same parser read the way `events()` is, one event per step of a
+  // `for await` loop: what a caller who wants a loop writes around it.
+  async 'undici request + eventsource-parser, for await' (origin) {
+    const { createParser } = require('eventsource-parser')
+    async function * events (body) {
+      let parsed = []
+      const parser = createParser({ onEvent (event) { parsed.push(event) } })
+      const decoder = new TextDecoder()
+      for await (const chunk of body) {
+        parser.feed(decoder.decode(chunk, { stream: true }))
+        const ready = parsed
+        parsed = []
+        for (let i = 0; i < ready.length; i++) yield ready[i]
+      }
+    }
+    return async () => {
+      let items = 0
+      const { body } = await request(`${origin}/sse?mb=${MB_PER_STREAM}`)
+      for await (const event of events(body)) if (event.data !== '') items++
+      return items
+    }
   }
 }
 

@@ -69,3 +69,16 @@ test('events: a BOM, CR line ends, a CRLF cut in two, fields without a value', a
   parser.reset()
   t.same(run(parser, ['data: y\n\n']).items, [{ event: 'message', data: 'y', id: '5', retry: undefined }], 'a new connection starts from the last event id')
 })
+
+test('events: a field is read only when its whole name matches, then a colon or the end of the line', async (t) => {
+  const { items } = run(new SseParser(details, 1024), [
+    'datum: no\ndxta: no\nrexry: 5\ndat\nidentity: 9\nretrying: 5\nevents: no\nd\ne\ni\nr\ndata:x\nid:1\n\n',
+    'data:\ndata:  two spaces\nevent:e\nretry:7\n\n',
+    'data: 1\ndata: 2\n\n'
+  ])
+  t.same(items, [
+    { event: 'message', data: 'x', id: '1', retry: undefined },
+    { event: 'e', data: '\n two spaces', id: '1', retry: 7 },
+    { event: 'message', data: '1\n2', id: '1', retry: undefined }
+  ], 'names sharing a first letter ignored, no space or two after the colon, data lines joined')
+})

@@ -17,7 +17,10 @@ export class LineSplitter {
   readonly #limit: number
   readonly #anyBreak: boolean
   /** Complete lines, each with its break, from `#pos` on. */
-  #text = ''
+  text = ''
+  /** The bounds in `text` of the line `advance()` moved to, its break excluded. */
+  lineStart = 0
+  lineEnd = 0
   #pos = 0
   /** The region of `#text` holds a `\r` (only looked at with `anyBreak`). */
   #hasCr = false
@@ -44,25 +47,38 @@ export class LineSplitter {
 
   /** The next complete line, or `undefined` until more bytes are fed; throws once a line is over the limit. */
   take (): string | undefined {
-    const text = this.#text
+    return this.advance() ? this.text.slice(this.lineStart, this.lineEnd) : undefined
+  }
+
+  /**
+   * Moves to the next complete line and sets `lineStart` and `lineEnd` (its
+   * bounds in `text`, break excluded): a parser that reads fields in place
+   * slices only what it keeps. `false` until more bytes are fed; throws once
+   * a line is over the limit.
+   */
+  advance (): boolean {
+    const text = this.text
     const pos = this.#pos
     if (pos >= text.length) {
       if (this.#tooLong) throw this.#tooLarge()
-      return undefined
+      return false
     }
     this.lineNumber++
+    this.lineStart = pos
     let end = text.indexOf('\n', pos)
     if (this.#hasCr) {
       let cr = this.#nextCr
       if (cr !== -1 && cr < pos) cr = this.#nextCr = text.indexOf('\r', pos)
       if (cr !== -1 && (cr < end || end === -1)) {
         this.#pos = text.charCodeAt(cr + 1) === LF ? cr + 2 : cr + 1
-        return text.slice(pos, cr)
+        this.lineEnd = cr
+        return true
       }
     }
     this.#pos = end + 1
     if (end > pos && text.charCodeAt(end - 1) === CR) end--
-    return text.slice(pos, end)
+    this.lineEnd = end
+    return true
   }
 
   /** Adds a chunk; call it only when `take()` returned `undefined`. */
@@ -105,7 +121,7 @@ export class LineSplitter {
       this.#partialSize = 0
       text = first === last ? head : head + chunk.toString('utf8', first + 1, last + 1)
     }
-    this.#text = text
+    this.text = text
     this.#pos = 0
     this.#hasCr = hasCr
     this.#nextCr = hasCr ? text.indexOf('\r') : -1

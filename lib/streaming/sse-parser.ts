@@ -16,6 +16,26 @@ export interface ServerSentEvent {
 }
 
 const DIGITS = /^\d+$/
+const COLON = 58
+const SPACE = 32
+const D = 100
+const E = 101
+const I = 105
+const R = 114
+
+/**
+ * The value of the line `text[start, end)` when its field is `name` (one
+ * space after the colon dropped), `undefined` when the field is another.
+ * `name`'s first letter is already known to match.
+ */
+function fieldValue (text: string, start: number, end: number, name: string): string | undefined {
+  const after = start + name.length
+  if (after > end) return undefined
+  for (let i = 1; i < name.length; i++) if (text.charCodeAt(start + i) !== name.charCodeAt(i)) return undefined
+  if (after === end) return ''
+  if (text.charCodeAt(after) !== COLON) return undefined
+  return text.slice(after + 1 < end && text.charCodeAt(after + 1) === SPACE ? after + 2 : after + 1, end)
+}
 
 /**
  * Server-Sent Events by the WHATWG rules (HTML, "Server-sent events",
@@ -51,34 +71,41 @@ export class SseParser implements BodyParser<ServerSentEvent> {
 
   take (): ServerSentEvent | undefined {
     const splitter = this.#splitter
-    for (;;) {
-      const line = splitter.take()
-      if (line === undefined) return undefined
-      if (line.length === 0) {
+    while (splitter.advance()) {
+      const text = splitter.text
+      const start = splitter.lineStart
+      const end = splitter.lineEnd
+      if (start === end) {
         const event = this.#dispatch()
         if (event !== undefined) return event
         continue
       }
-      const colon = line.indexOf(':')
-      if (colon === 0) continue
-      const field = colon === -1 ? line : line.slice(0, colon)
-      let value = ''
-      if (colon !== -1) value = line.charCodeAt(colon + 1) === 32 ? line.slice(colon + 2) : line.slice(colon + 1)
-      switch (field) {
-        case 'data':
-          this.#data = this.#data === undefined ? value : `${this.#data}\n${value}`
+      // Dispatch on the first letter: the four fields differ there, and a
+      // comment (`:`) or an unknown field costs one comparison.
+      switch (text.charCodeAt(start)) {
+        case D: {
+          const value = fieldValue(text, start, end, 'data')
+          if (value !== undefined) this.#data = this.#data === undefined ? value : `${this.#data}\n${value}`
           break
-        case 'event':
-          this.#type = value
+        }
+        case E: {
+          const value = fieldValue(text, start, end, 'event')
+          if (value !== undefined) this.#type = value
           break
-        case 'id':
-          if (!value.includes('\0')) this.#id = value
+        }
+        case I: {
+          const value = fieldValue(text, start, end, 'id')
+          if (value !== undefined && !value.includes('\0')) this.#id = value
           break
-        case 'retry':
-          if (DIGITS.test(value)) this.lastRetry = this.#retry = Number(value)
+        }
+        case R: {
+          const value = fieldValue(text, start, end, 'retry')
+          if (value !== undefined && DIGITS.test(value)) this.lastRetry = this.#retry = Number(value)
           break
+        }
       }
     }
+    return undefined
   }
 
   finish (): undefined {

@@ -41,7 +41,10 @@ export class StreamIterator<T> implements AsyncIterableIterator<T>, StreamReader
     if (this.#done) return Promise.resolve(DONE)
     let value: T | undefined
     try {
-      value = this.#pull()
+      // Most items come from a chunk already fed: no chunk to take, no
+      // reentrant wake to guard against.
+      value = this.#parser.take()
+      if (value === undefined) value = this.#pull()
     } catch (error) {
       return Promise.reject(this.#end(error))
     }
