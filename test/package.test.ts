@@ -143,7 +143,7 @@ test('npm pack ships the build and types, and a consumer uses them', async (t) =
   const tarball = readTarball(await readFile(path.join(tmp, report.filename)))
   const files = [...tarball.keys()].map((name) => name.replace(/^package\//, '')).sort()
 
-  for (const required of ['package.json', 'README.md', 'LICENSE', 'dist/plugin.js', 'dist/plugin.d.ts', 'types/index.d.ts', 'dist/lib/api/http-client.js', 'dist/lib/errors.d.ts']) {
+  for (const required of ['package.json', 'README.md', 'LICENSE', 'CHANGELOG.md', 'dist/plugin.js', 'dist/plugin.d.ts', 'types/index.d.ts', 'dist/lib/api/http-client.js', 'dist/lib/errors.d.ts']) {
     t.ok(files.includes(required), `the tarball has ${required}`)
   }
   for (const file of files) {
@@ -156,6 +156,12 @@ test('npm pack ships the build and types, and a consumer uses them', async (t) =
   const license = tarball.get('package/LICENSE')?.toString() ?? ''
   t.match(license, /^MIT License\n\nCopyright \(c\) \d{4} fastify-resilient-http contributors\n/, 'the MIT licence, with its copyright line')
   const manifest = JSON.parse(tarball.get('package/package.json')?.toString() ?? '{}') as {
+    version?: string
+    description?: string
+    keywords?: string[]
+    repository?: { type?: string, url?: string }
+    homepage?: string
+    bugs?: { url?: string }
     license?: string
     scripts?: Record<string, string>
     peerDependencies?: Record<string, string>
@@ -167,6 +173,20 @@ test('npm pack ships the build and types, and a consumer uses them', async (t) =
   t.equal(manifest.scripts?.prepack, 'npm run build', 'packing builds first')
   t.equal(manifest.peerDependencies?.['@opentelemetry/api'], '^1.9.0')
   t.same(manifest.peerDependenciesMeta?.['@opentelemetry/api'], { optional: true }, 'OpenTelemetry is an optional peer')
+
+  // What a registry page shows: a description, keywords, and where the code, the docs and the issues are.
+  t.match(manifest.description, /\S.{40,}/, 'a description')
+  for (const keyword of ['fastify', 'undici', 'retry', 'circuit-breaker', 'hedging', 'rate-limit', 'streaming', 'sse', 'ndjson']) {
+    t.ok(manifest.keywords?.includes(keyword), `the keyword ${keyword}`)
+  }
+  t.equal(manifest.repository?.type, 'git')
+  const repository = /^git\+(https:\/\/github\.com\/[\w.-]+\/[\w.-]+)\.git$/.exec(manifest.repository?.url ?? '')?.[1]
+  t.ok(repository !== undefined, `the repository is a git+https URL (${manifest.repository?.url})`)
+  t.equal(manifest.homepage, `${repository}#readme`, 'the homepage is the repository\'s README')
+  t.equal(manifest.bugs?.url, `${repository}/issues`, 'issues go to the repository\'s tracker')
+  // The changelog's newest entry is the version being packed.
+  const changelog = tarball.get('package/CHANGELOG.md')?.toString() ?? ''
+  t.equal(/^## \[(\d+\.\d+\.\d+)\]/m.exec(changelog)?.[1], manifest.version, `CHANGELOG.md opens with ${manifest.version}`)
 
   // A consumer project with the tarball installed; its dependencies are the repo's own, linked, so no network is needed.
   const consumer = path.join(tmp, 'consumer')
