@@ -3,7 +3,7 @@
 // The markdown report of a run, and the SVG of the hedging phase.
 
 const { median } = require('./common')
-const { medianOf, ratioOf, resultsOf } = require('./rounds')
+const { medianOf, ratioOf, ratioToMeanOf, resultsOf } = require('./rounds')
 const { cdfSvg } = require('./svg-cdf')
 
 const int = (value) => Number.isFinite(value) ? Math.round(value).toLocaleString('en-US') : 'n/a'
@@ -48,7 +48,7 @@ function clientSection (phase, plan) {
   const lines = ['## 1. Client throughput and latency', '']
   lines.push(`Concurrency ${plan.concurrency}; every pool 128 connections, pipelining 1; GET / of a small JSON body, read as JSON.`)
   lines.push('"ours": `createHttpClient()` with retry and circuit breaker at their defaults, `(await client.get(\'/\')).json()`; "ours A/A": the same, measured as a separate contender (the noise of the run);')
-  lines.push('"ours + ratio rules": the same with `circuitBreaker: { failureRatio: 0.2, slowCallMs: 2_000 }` (the breaker\'s window and the time to headers on every attempt);')
+  lines.push('"ours + ratio rules": the same with `circuitBreaker: { failureRatio: 0.2, slowCallMs: 2_000 }` (the breaker\'s window and the time to headers on every attempt; its cost is taken against the mean of "ours" and "ours A/A" in each round);')
   lines.push('"undici": `Pool.request()` + `body.json()`; "undici dispatch": `Pool.dispatch()` with a minimal handler (chunks collected, `JSON.parse`).')
   lines.push(roundsLine(phase, plan), '')
   lines.push(CPU_NOTE, '')
@@ -257,7 +257,8 @@ function targetRows (results) {
     const p99 = ratioOf(c, 'ours', 'undici', 'p99')
     add('1. p99 vs undici Pool.request', '≤ 1.00×', p99, `${fixed(p99)}×`, aa(c, 'ours A/A', 'ours', 'p99'), p99 <= 1)
     for (const [key, how] of [['rps', 'wall clock'], ['callsPerCpuSecond', 'per CPU-second']]) {
-      const cost = 1 - ratioOf(c, 'ours + ratio rules', 'ours', key)
+      // Against both identical controls (ours and ours A/A), the A/A noise is that of one against the other.
+      const cost = 1 - ratioToMeanOf(c, 'ours + ratio rules', ['ours', 'ours A/A'], key)
       const noise = ratioOf(c, 'ours A/A', 'ours', key)
       add(`1. cost of the breaker's ratio and slow-call rules (${how})`, '≤ 2 %', cost, percent(cost), Number.isFinite(noise) ? `A/A ${percent(1 - noise)}` : '', cost <= 0.02)
     }

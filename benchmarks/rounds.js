@@ -63,9 +63,23 @@ function ratioOf (phase, name, base, key) {
   }))
 }
 
+/**
+ * The median over rounds of `name`'s `key` divided by the mean of `bases`'
+ * in the same round: two identical controls halve the noise one baseline
+ * process brings.
+ */
+function ratioToMeanOf (phase, name, bases, key) {
+  return median(phase.rounds.map((round) => {
+    const a = round[name]?.[key]
+    const values = bases.map((base) => round[base]?.[key])
+    if (a === undefined || values.some((value) => value === undefined || value === 0)) return NaN
+    return a / (values.reduce((sum, value) => sum + value, 0) / values.length)
+  }))
+}
+
 /** The rounds in which `name` was measured. */
 function resultsOf (phase, name) {
   return phase.rounds.map((round) => round[name]).filter((result) => result !== undefined)
 }
 
-module.exports = { log, runRounds, medianOf, ratioOf, resultsOf }
+module.exports = { log, runRounds, medianOf, ratioOf, ratioToMeanOf, resultsOf }
