@@ -190,6 +190,11 @@ function breakerSection (phase, plan) {
   for (const row of phase.outage) {
     lines.push(`| ${row.rule} | ${int(row.rate)} | ${seconds(row.openedMs.median)} | ${seconds(row.openedMs.max)} | ${row.withinWindow} of ${row.runs} | ${int(row.sent.median)} | ${int(row.sent.max)} | ${row.causes.join(', ')} |`)
   }
+  const full = phase.outage.filter((row) => row.rule === 'ratio' && row.rate <= 10).map((row) => Math.round(row.rate * window / 1000))
+  for (const n of full) {
+    lines.push('', `A full window at ${int(n * 1000 / window)} calls/s holds about ${n} attempts; with 30 % failing independently, fewer than ${Math.round(n * settings.ratio.failureRatio)} of them fail`)
+    lines.push(`with probability ${percent(binomialBelow(n, 0.3, Math.ceil(n * settings.ratio.failureRatio)))} (binomial), so about one run in ${int(1 / binomialBelow(n, 0.3, Math.ceil(n * settings.ratio.failureRatio)))} is still under the ratio when its first window is full, whatever the breaker: it opens a little later, as the window moves on.`)
+  }
   lines.push('', `**False openings.** 5 % of calls fail, independently, for ${plan.hours} simulated hour(s) from a fresh client; openings (from closed) per hour.`, '')
   lines.push('| rule | 10 calls/s | 100 calls/s | 1,000 calls/s | opened by |')
   lines.push('| --- | ---: | ---: | ---: | --- |')
@@ -235,6 +240,17 @@ function streamingSection (phase, plan) {
   }
   lines.push(...failedLine(phase), '')
   return lines
+}
+
+/** P(X < k) for X ~ Binomial(n, p), summed in log space. */
+function binomialBelow (n, p, k) {
+  let logPmf = n * Math.log(1 - p)
+  let total = 0
+  for (let i = 0; i < k; i++) {
+    total += Math.exp(logPmf)
+    logPmf += Math.log((n - i) / (i + 1)) + Math.log(p / (1 - p))
+  }
+  return total
 }
 
 /** One row of the targets table: [what, target, measured, A/A noise, met]. */
