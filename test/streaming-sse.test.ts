@@ -348,3 +348,30 @@ test('a stream with resume still fails at once on an idle timeout without an id'
   t.ok(error instanceof TimeoutError)
   t.equal((error as TimeoutError).kind, 'idle')
 })
+
+test('a reconnect the rate limit refuses is a retry not made: the stream ends with its failure and the budget gets the retry back', async (t) => {
+  const upstream = await upstreamFor(t, async (_req, res) => {
+    openEvents(res)
+    res.write('id: 1\ndata: x\n\n')
+    await sleep(20)
+    res.socket?.destroy()
+  })
+  // One retry in the budget (0.1 a second over its 10 s); one token at a time, none waited for.
+  const client = createHttpClient({
+    name: 'limited',
+    baseUrl: upstream.url,
+    retry: { ...FAST_RETRY, budget: { ratio: 0, minPerSecond: 0.1 } },
+    rateLimit: { perSecond: 10, burst: 1, maxWaitMs: 0 }
+  })
+  t.teardown(() => client.close())
+  for (const round of [1, 2]) {
+    const { items, error } = await drain((await client.stream('/', { resume: true })).events())
+    t.equal(items.length, 1, `stream ${round}: its event`)
+    t.ok(error instanceof UpstreamError, `stream ${round}: ends with the reset, not the refusal`)
+    await sleep(150)
+  }
+  const stats = client.stats()
+  t.equal(stats.retries, 2, 'each stream tried to reconnect')
+  t.equal(stats.retriesDenied, 0, 'the budget had the first reconnect back for the second')
+  t.equal(upstream.hits.length, 2, 'no reconnect was sent')
+})

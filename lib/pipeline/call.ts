@@ -122,6 +122,8 @@ export class Call implements AttemptOwner, Hedged, Retrying, Following {
   waitedForToken = false
   /** Internal, of retry-wait.ts: when the budget granted the retry being waited for, given back if it is not made. */
   retryGrantedAt = 0
+  /** Set by a stream's reconnect (resume.ts): the call is a retry the budget granted already, not a new call. */
+  resumes = false
 
   // The hedge timer's heap entry.
   timerAt = 0
@@ -164,7 +166,7 @@ export class Call implements AttemptOwner, Hedged, Retrying, Following {
       awaitToken(this, permit, now)
       return promise
     }
-    host.budget?.recordCall(now)
+    if (!this.resumes) host.budget?.recordCall(now)
     this.#send(permit, false, now)
     return promise
   }

@@ -43,6 +43,8 @@ export interface TokenWaiting extends TokenWaiter, CallDetails {
   waitedForToken: boolean
   /** When the budget granted the retry waiting: given back if it is not made. */
   readonly retryGrantedAt: number
+  /** A stream's reconnect: its first attempt is a retry, not a new call. */
+  readonly resumes: boolean
   /** The call waits: in `host.waiting`, so that close can cut it. */
   beginWait(): void
   /** The wait is over: out of `host.waiting`, running again. */
@@ -72,8 +74,8 @@ export function awaitToken (call: TokenWaiting, permit: PermitValue, now: number
 /** The call's turn came (run in the call's own context): its attempt goes out. */
 export function tokenCame (call: TokenWaiting, now: number): void {
   call.endWait()
-  if (call.attempts === 0) call.host.budget?.recordCall(now)
-  else call.host.counters.retries++
+  if (call.attempts !== 0) call.host.counters.retries++
+  else if (!call.resumes) call.host.budget?.recordCall(now)
   call.sendAttempt(call.tokenPermit, now)
 }
 

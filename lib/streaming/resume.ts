@@ -4,7 +4,7 @@ import { backoffDelay } from '../pipeline/backoff'
 import { Call } from '../pipeline/call'
 import type { PreparedRequest } from '../pipeline/prepare'
 import type { HttpResponse } from '../pipeline/response'
-import { TimeoutError, UpstreamError } from '../errors'
+import { RateLimitedError, TimeoutError, UpstreamError } from '../errors'
 import { withoutHeader } from '../headers'
 import { DEFAULT_RETRY, type ResolvedRetry } from '../options/resolve'
 import type { SseParser } from './sse-parser'
@@ -32,6 +32,8 @@ export class Reconnection implements Reconnector {
   #lastError: unknown = undefined
   #timer: unknown = null
   #waitMs = 0
+  /** When the budget granted the reconnect under way: given back if it never goes out. */
+  #grantedAt = 0
   #controller: AbortController | null = null
   #signalListener: (() => void) | null = null
   #stopped = false
@@ -105,6 +107,7 @@ export class Reconnection implements Reconnector {
       this.#end(this.#lastError)
       return
     }
+    this.#grantedAt = now
     this.#clearWait()
     host.counters.retries++
     this.#failures++
@@ -115,6 +118,7 @@ export class Reconnection implements Reconnector {
     this.#controller = controller
     const call = new Call(host, this.#request(lastEventId, controller.signal), now)
     call.sink = core
+    call.resumes = true
     call.start().then((response) => { this.#opened(response, call) }, (error: unknown) => { this.#refused(error, call) })
   }
 
@@ -134,11 +138,18 @@ export class Reconnection implements Reconnector {
   #refused (error: unknown, call: Call): void {
     const core = this.#core
     core.attempts += call.attempts
+    // Refused before it went out (no rate-limit token in time, a full queue): a retry not made
+    // gives its budget back, and the stream ends with the failure it was to recover from.
+    if (call.attempts === 0) core.host.budget?.refund(this.#grantedAt, core.host.clock.now())
     if (this.#stopped) return
     this.#controller = null
     const signal = core.request.signal
     if (signal?.aborted === true) {
       core.fail(signal.reason, true)
+      return
+    }
+    if (call.attempts === 0 && error instanceof RateLimitedError) {
+      this.#end(this.#lastError)
       return
     }
     const transient = error instanceof UpstreamError || error instanceof TimeoutError
