@@ -1,5 +1,6 @@
 import type { Dispatcher } from 'undici'
 import { FormDataEncoder } from 'form-data-encoder'
+import { coalesced } from './coalesced'
 import { type CallDetails, InvalidRequestError } from '../errors'
 import type { HeaderList } from '../headers'
 import { type Fail, isPlainObject } from '../validate'
@@ -75,7 +76,7 @@ function formValue (value: unknown, option: string, fail: Fail): string {
 function multipart (form: FormData): MadeBody {
   const encoder = new FormDataEncoder(form)
   // undici sends any async iterable, though its types list only streams.
-  return { body: encoder.encode() as unknown as DispatchBody, contentType: encoder.contentType, contentLength: encoder.contentLength, replayable: true }
+  return { body: coalesced(encoder.encode()) as unknown as DispatchBody, contentType: encoder.contentType, contentLength: encoder.contentLength, replayable: true }
 }
 
 /**
