@@ -510,3 +510,37 @@ test('time the consumer keeps the upstream paused is not silence; body pauses to
   }
   t.equal(read, 8 * 1024 * 1024, 'body: every byte, read slowly')
 })
+
+test('fastify.close() with a stream a route relays: the stream has the grace period from close on, then the route ends and close completes', async (t) => {
+  const upstream = await upstreamFor(t, (_req, res) => { writeSlowly(res, Array.from({ length: 1000 }, (_, i) => `${i}\n`), 20) })
+  const app = Fastify()
+  await app.register(resilientHttp, { clients: { feed: { baseUrl: upstream.url, timeout: 300 } } })
+  let relayError: unknown
+  app.get('/relay', async (request, reply) => {
+    const stream = await request.server.httpClients.feed.stream('/')
+    reply.hijack()
+    // A keep-alive connection that goes idle after close began would hold the server until its keep-alive timeout.
+    reply.raw.writeHead(200, { 'content-type': 'text/plain', connection: 'close' })
+    try {
+      for await (const line of stream.lines()) reply.raw.write(`${line}\n`)
+    } catch (error) {
+      relayError = error
+    }
+    reply.raw.end()
+  })
+  const origin = await app.listen({ port: 0, host: '127.0.0.1' })
+  const caller = createHttpClient({ name: 'caller', baseUrl: origin })
+  t.teardown(() => caller.close())
+  const relayed = await caller.stream('/relay')
+  const reading = drain(relayed.lines())
+  await sleep(50)
+  const started = Date.now()
+  await app.close()
+  const elapsed = Date.now() - started
+  const { items, error } = await reading
+  t.ok(relayError instanceof ClientClosedError, 'the relayed stream ended by close')
+  t.equal(error, null, 'the route ended its own answer cleanly')
+  t.ok(items.length > 0, 'lines were relayed')
+  t.ok(elapsed >= 250, `the stream had the grace period (${elapsed} ms)`)
+  t.ok(elapsed < 3_000, `and close was not held by it (${elapsed} ms)`)
+})

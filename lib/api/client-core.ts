@@ -67,6 +67,8 @@ export class ClientCore implements CallHost {
   #live = 0
   #onIdle: (() => void) | null = null
   #closing: Promise<void> | null = null
+  /** The grace period of the streams open when close began. */
+  #streamGrace: NodeJS.Timeout | null = null
   // Refusals come in bulk for one path: checked once, not on every refused call.
   // Never a path a call can give: the first path is checked whatever it is (null included).
   #lastSendablePath: unknown = NOT_CHECKED
@@ -147,15 +149,35 @@ export class ClientCore implements CallHost {
     if (--this.#live === 0 && this.#onIdle !== null) this.#onIdle()
   }
 
-  /** From `fastify.close()` on: waits are cut, no retry or hedge is started. */
+  /**
+   * From `fastify.close()` on: waits are cut, no retry or hedge is started,
+   * and open streams have one `timeout` left. A stream a route relays keeps
+   * its request, and so Fastify's close, waiting until `onClose`: its grace
+   * period starts here.
+   */
   drain (): void {
+    this.#cutWaits()
+    if (this.#streamGrace === null && this.#closing === null) this.#streamGrace = setTimeout(() => { this.#cutStreams() }, this.settings.timeout).unref()
+  }
+
+  #cutWaits (): void {
     this.draining = true
     for (const waiter of [...this.waiting]) waiter.cancelWait(new ClientClosedError(waiter))
   }
 
+  #cutStreams (): void {
+    this.#streamGrace = null
+    const streams = new Set<Call>()
+    for (let attempt = this.#liveHead; attempt !== null; attempt = attempt.liveNext) {
+      const call = attempt.owner as Call
+      if (call.sink !== null) streams.add(call)
+    }
+    for (const call of streams) call.destroy()
+  }
+
   close (): Promise<void> {
     if (this.#closing === null) {
-      this.drain()
+      this.#cutWaits()
       this.closed = true
       this.rateLimit?.close()
       this.#closing = this.#closeWhenIdle()
@@ -178,6 +200,8 @@ export class ClientCore implements CallHost {
       // Each call cuts its attempts, bodies still streaming included; each cut attempt leaves the list.
       for (const call of calls) call.destroy()
     }
+    if (this.#streamGrace !== null) clearTimeout(this.#streamGrace)
+    this.#streamGrace = null
     this.timers.stop()
     await Promise.all(this.replicas.upstreams.map(async (upstream) => {
       let timer: NodeJS.Timeout | undefined
