@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, request } from 'undici'
 import { buildGateway, EJECTION_MS, IDLE_TIMEOUT_MS, QUOTES_PER_SECOND, RECOVERY_MS } from './gateway'
 import { heading, log, nameOrigins, watchClientEvents } from './timeline'
-import { DEADLINE_HEADER, startAccounts, startCatalog, startDocuments, startPayments, startQuotes, startTokens } from './upstreams'
+import { DEADLINE_HEADER, startUpstreams, upstreamUrls } from './upstreams'
 
 interface Reply {
   statusCode: number
@@ -24,22 +24,10 @@ safety.unref()
 
 async function main (): Promise<void> {
   const stopWatching = watchClientEvents()
-  const catalog = await startCatalog(log)
-  const payments = await startPayments(log)
-  const tokens = await startTokens(log)
-  const documents = await startDocuments(log)
-  const accounts = await startAccounts(log)
-  const quotes = await startQuotes(log)
+  const upstreams = await startUpstreams(log)
+  const { catalog, payments, tokens, accounts, quotes } = upstreams
   nameOrigins(catalog.urls, catalog.names)
-  const app = await buildGateway({
-    catalogUrls: catalog.urls,
-    paymentsUrl: payments.url,
-    tokensUrl: tokens.url,
-    documentsUrl: documents.url,
-    accountsUrl: accounts.url,
-    quotesUrl: quotes.url,
-    log
-  })
+  const app = await buildGateway({ ...upstreamUrls(upstreams), log })
   const gateway = await app.listen({ port: 0, host: '127.0.0.1' })
   const agent = new Agent()
   let sent = 0
@@ -170,12 +158,7 @@ async function main (): Promise<void> {
   } finally {
     await agent.close()
     await app.close()
-    await catalog.close()
-    await payments.close()
-    await tokens.close()
-    await documents.close()
-    await accounts.close()
-    await quotes.close()
+    await upstreams.close()
     stopWatching()
   }
 }

@@ -2,7 +2,7 @@
 // by hand with curl. PORT (default 3000) sets the gateway's port.
 import { buildGateway } from './gateway'
 import { log, watchClientEvents } from './timeline'
-import { startAccounts, startCatalog, startDocuments, startPayments, startQuotes, startTokens } from './upstreams'
+import { startUpstreams, upstreamUrls } from './upstreams'
 
 const MODES = ['healthy', 'flaky', 'down'] as const
 type Mode = typeof MODES[number]
@@ -10,21 +10,9 @@ type Mode = typeof MODES[number]
 async function main (): Promise<void> {
   const port = Number(process.env.PORT ?? 3000)
   const stopWatching = watchClientEvents()
-  const catalog = await startCatalog(log)
-  const payments = await startPayments(log)
-  const tokens = await startTokens(log)
-  const documents = await startDocuments(log)
-  const accounts = await startAccounts(log)
-  const quotes = await startQuotes(log)
-  const app = await buildGateway({
-    catalogUrls: catalog.urls,
-    paymentsUrl: payments.url,
-    tokensUrl: tokens.url,
-    documentsUrl: documents.url,
-    accountsUrl: accounts.url,
-    quotesUrl: quotes.url,
-    log
-  })
+  const upstreams = await startUpstreams(log)
+  const { catalog, payments } = upstreams
+  const app = await buildGateway({ ...upstreamUrls(upstreams), log })
 
   // Not part of a real gateway: switches the payments upstream's behaviour.
   app.post<{ Params: { mode: Mode } }>('/_demo/payments/:mode', {
@@ -76,7 +64,7 @@ Ctrl-C stops it.
   const shutdown = (): void => {
     log('gateway', 'closing')
     app.close()
-      .then(() => Promise.all([catalog.close(), payments.close(), tokens.close(), documents.close(), accounts.close(), quotes.close()]))
+      .then(() => upstreams.close())
       .then(stopWatching, (error: unknown) => {
         console.error(error)
         process.exitCode = 1

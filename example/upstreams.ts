@@ -416,3 +416,47 @@ export async function startQuotes (log: Log): Promise<Quotes> {
     close: () => server.stop()
   }
 }
+
+/** Every upstream of the example, each on its own port of 127.0.0.1. */
+export interface AllUpstreams {
+  catalog: Catalog
+  payments: Payments
+  tokens: Tokens
+  documents: Documents
+  accounts: Accounts
+  quotes: Quotes
+  /** Closes them all. */
+  close(): Promise<void>
+}
+
+export async function startUpstreams (log: Log): Promise<AllUpstreams> {
+  const catalog = await startCatalog(log)
+  const payments = await startPayments(log)
+  const tokens = await startTokens(log)
+  const documents = await startDocuments(log)
+  const accounts = await startAccounts(log)
+  const quotes = await startQuotes(log)
+  return {
+    catalog,
+    payments,
+    tokens,
+    documents,
+    accounts,
+    quotes,
+    async close () {
+      await Promise.all([catalog.close(), payments.close(), tokens.close(), documents.close(), accounts.close(), quotes.close()])
+    }
+  }
+}
+
+/** What the gateway needs to know of them. */
+export function upstreamUrls (upstreams: AllUpstreams): { catalogUrls: string[], paymentsUrl: string, tokensUrl: string, documentsUrl: string, accountsUrl: string, quotesUrl: string } {
+  return {
+    catalogUrls: upstreams.catalog.urls,
+    paymentsUrl: upstreams.payments.url,
+    tokensUrl: upstreams.tokens.url,
+    documentsUrl: upstreams.documents.url,
+    accountsUrl: upstreams.accounts.url,
+    quotesUrl: upstreams.quotes.url
+  }
+}

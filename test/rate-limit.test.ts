@@ -7,7 +7,7 @@ import { ClientClosedError, RateLimitedError } from '../lib/errors'
 import { CHANNELS, type RateLimitedEvent, type RateLimitPausedEvent, type RetrySkippedEvent } from '../lib/telemetry/events'
 import { createHttpClient, type HttpClient } from '../lib/api/http-client'
 import { RetryBudget } from '../lib/policies/retry-budget'
-import { CLOCK_START, type ClockedClientOptions, ManualClock, clockedClient, until } from './helpers/manual-clock'
+import { CLOCK_START, type ClockedClientOptions, ManualClock, clockedClient, until, untilTimer } from './helpers/manual-clock'
 import { type Step, timedUpstream, type TimedUpstream } from './helpers/timed-upstream'
 import { rejection } from './helpers/upstream'
 import { published } from './helpers/wait'
@@ -196,10 +196,12 @@ test('a retry that gets no token in time is a retry not made: the call ends with
     retry: { maxAttempts: 3, backoffInitialMs: 10, jitter: 'none', budget: { ratio: 0, minPerSecond: 0.2 } },
     rateLimit: { perSecond: 1, burst: 2, maxWaitMs: 0 }
   })
+  // Each wait is advanced only once it is set: the 503 must have reached the client first.
   const first = client.get('/a')
-  await until(() => upstream.hits.length === 1, 'the first try')
+  await untilTimer(clock, 10)
   clock.advance(10)
   await until(() => upstream.hits.length === 2, 'one retry, on the second token')
+  await untilTimer(clock, 20)
   clock.advance(20)
   const res = await first
   t.equal(res.statusCode, 503, 'the last failure')
@@ -210,10 +212,9 @@ test('a retry that gets no token in time is a retry not made: the call ends with
 
   clock.advance(2_000)
   const second = client.get('/b')
-  await until(() => upstream.hits.length === 3, 'the first try')
+  await untilTimer(clock, 10)
   clock.advance(10)
   await until(() => upstream.hits.length === 4, 'its retry, on the budget given back')
-  clock.advance(20)
   t.equal((await second).attempts, 2)
   t.same(skipped.map((event) => event.skipped), ['rate-limited', 'budget'], 'then the budget is spent: without the refund it was already')
 })
