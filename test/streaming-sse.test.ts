@@ -1,25 +1,13 @@
 import { Readable } from 'node:stream'
 import type { ServerResponse } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import {
   CHANNELS, ClientClosedError, createHttpClient, HttpStatusError, type ServerSentEvent, type StreamResumedEvent, UpstreamError, TimeoutError
 } from '../plugin'
+import { drain } from './helpers/drain'
 import { upstreamFor } from './helpers/upstream'
 import { published } from './helpers/wait'
-
-async function drain<T> (items: AsyncIterable<T>): Promise<{ items: T[], error: unknown }> {
-  const got: T[] = []
-  try {
-    for await (const item of items) got.push(item)
-    return { items: got, error: null }
-  } catch (error) {
-    return { items: got, error }
-  }
-}
-
-function sleep (ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
-}
 
 function openEvents (res: ServerResponse): void {
   res.writeHead(200, { 'content-type': 'text/event-stream' })

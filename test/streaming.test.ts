@@ -1,28 +1,15 @@
 import type { ServerResponse } from 'node:http'
 import Fastify from 'fastify'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'tap'
 import resilientHttp, {
   CHANNELS, CircuitOpenError, ClientClosedError, createHttpClient, HttpStatusError, HttpStream, InvalidRequestError,
   InvalidResponseError, OverloadedError, ResponseTooLargeError, TimeoutError, UpstreamError
 } from '../plugin'
 import './helpers/fastify-types'
+import { drain } from './helpers/drain'
 import { rejection, upstreamFor } from './helpers/upstream'
 import { eventually, published } from './helpers/wait'
-
-/** Everything an async iterable yields, and the error that ended it (`null` for a clean end). */
-async function drain<T> (items: AsyncIterable<T>): Promise<{ items: T[], error: unknown }> {
-  const got: T[] = []
-  try {
-    for await (const item of items) got.push(item)
-    return { items: got, error: null }
-  } catch (error) {
-    return { items: got, error }
-  }
-}
-
-function sleep (ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
-}
 
 /** Writes `lines` one at a time, `everyMs` apart, then ends (or, with `hold`, stays open). */
 function writeSlowly (res: ServerResponse, lines: string[], everyMs: number, end = true): void {

@@ -13,7 +13,7 @@ export interface ResolvedBreaker {
   readonly slowCallRatio: number
   readonly minimumThroughput: number
   readonly samplingMs: number
-  /** `recoveryMs` when not given: a failed probe reopens for `recoveryMs`, as in 0.2. */
+  /** The cap on the doubled open time after failed probes; `recoveryMs` when not given (a failed probe reopens for `recoveryMs`, as in 0.2). */
   readonly recoveryMaxMs: number
 }
 

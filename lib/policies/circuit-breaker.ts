@@ -1,3 +1,4 @@
+import type { ResolvedBreaker } from '../options/breaker'
 import type { RandomSource } from '../clock'
 import type { CircuitOpenedBy } from '../errors'
 import { SlidingWindow } from './sliding-window'
@@ -21,20 +22,8 @@ export type VerdictValue = typeof Verdict[keyof typeof Verdict]
 /** Told of every change of state; `remainingMs` is how long an opened circuit stays open. */
 export type TransitionListener = (from: CircuitState, to: CircuitState, remainingMs: number, cause: CircuitCause) => void
 
-export interface BreakerSettings {
-  readonly failureThreshold: number
-  readonly recoveryMs: number
-  readonly halfOpenMaxProbes: number
-  /** `undefined`: no failure-ratio rule. */
-  readonly failureRatio: number | undefined
-  /** `undefined`: no slow-call rule. */
-  readonly slowCallMs: number | undefined
-  readonly slowCallRatio: number
-  readonly minimumThroughput: number
-  readonly samplingMs: number
-  /** The cap on the doubled open time after failed probes; at `recoveryMs` a failed probe reopens for `recoveryMs`, as in 0.2. */
-  readonly recoveryMaxMs: number
-}
+/** What the breaker reads of the resolved `circuitBreaker` option (`openOnRetryAfter` is the call's to apply). */
+export type BreakerSettings = Omit<ResolvedBreaker, 'openOnRetryAfter'>
 
 /** The share of a failed probe's next open time left to chance, either way. */
 const REOPEN_JITTER = 0.25
