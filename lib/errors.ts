@@ -90,6 +90,20 @@ export function withoutStack<E, X> (ErrorClass: new (details: CallDetails, figur
   return error
 }
 
+/**
+ * The reason an attempt is aborted with when nobody needs its answer (a
+ * losing hedge, an abandoned body): an `AbortError`, which tracers record as
+ * no error, without a stack, which Node reads on every socket destroyed with
+ * it and which says nothing here.
+ */
+export function abortReason (message: string): DOMException {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  const reason = new DOMException(message, 'AbortError')
+  Error.stackTraceLimit = limit
+  return reason
+}
+
 export function describeCall (details: CallDetails): string {
   return details.method === undefined ? `${details.clientName}` : `${details.clientName}: ${details.method} ${details.path}`
 }

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream'
 import type { AsyncResource } from 'node:async_hooks'
-import { type CallDetails, HttpClientError, UpstreamError } from '../errors'
+import { abortReason, type CallDetails, HttpClientError, UpstreamError } from '../errors'
 import { Cut, type CutValue, type DispatchController, Phase, type PhaseValue } from './attempt-state'
 
 /**
@@ -161,11 +161,7 @@ function abandon (attempt: BodyBuffer, error: Error | null, callback: (error: Er
 
 const EMPTY = Buffer.alloc(0)
 
-/** Why an abandoned body's attempt is aborted: nobody reads it, so it has no stack. */
+/** Why an abandoned body's attempt is aborted. */
 function abandonedReason (): Error {
-  const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 0
-  const reason = new DOMException('the response body was destroyed before its end', 'AbortError')
-  Error.stackTraceLimit = limit
-  return reason
+  return abortReason('the response body was destroyed before its end')
 }

@@ -5,7 +5,7 @@ import { Cut, type CutValue } from './attempt-state'
 import { admit, type AdmissionHost, isRefusal, refuse } from './admission'
 import { Permit, type PermitValue, Verdict } from '../policies/circuit-breaker'
 import type { Clock, RandomSource } from '../clock'
-import { ClientClosedError, TimeoutError, UpstreamError } from '../errors'
+import { abortReason, ClientClosedError, TimeoutError, UpstreamError } from '../errors'
 import type { RetrySkipReason } from '../telemetry/events'
 import { armHedge, hedgeDue, type Hedged, type HedgeHost, sendHedge } from './hedge'
 import type { Logger } from '../logger'
@@ -446,12 +446,7 @@ export class Call implements AttemptOwner, Hedged, Retrying, Following {
   }
 }
 
-/** A losing hedge is aborted, not failed: tracers record an AbortError as no error. */
+/** A losing hedge is aborted, not failed. */
 function loserReason (): Error {
-  // Without a stack: Node reads the stack of every error a socket is destroyed with, and a stack says nothing here.
-  const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 0
-  const reason = new DOMException('another attempt of the call answered first', 'AbortError')
-  Error.stackTraceLimit = limit
-  return reason
+  return abortReason('another attempt of the call answered first')
 }
