@@ -167,12 +167,18 @@ export class ClientCore implements CallHost {
 
   #cutStreams (): void {
     this.#streamGrace = null
-    const streams = new Set<Call>()
+    this.#cutLive(true)
+  }
+
+  /** Cuts the calls whose attempts are still live (only streams, with `streamsOnly`), bodies still coming included. */
+  #cutLive (streamsOnly: boolean): void {
+    const calls = new Set<Call>()
     for (let attempt = this.#liveHead; attempt !== null; attempt = attempt.liveNext) {
       const call = attempt.owner as Call
-      if (call.sink !== null) streams.add(call)
+      if (!streamsOnly || call.sink !== null) calls.add(call)
     }
-    for (const call of streams) call.destroy()
+    // Each cut attempt leaves the list: the calls are gathered first.
+    for (const call of calls) call.destroy()
   }
 
   close (): Promise<void> {
@@ -195,10 +201,7 @@ export class ClientCore implements CallHost {
       })
       clearTimeout(grace)
       this.#onIdle = null
-      const calls = new Set<Call>()
-      for (let attempt = this.#liveHead; attempt !== null; attempt = attempt.liveNext) calls.add(attempt.owner as Call)
-      // Each call cuts its attempts, bodies still streaming included; each cut attempt leaves the list.
-      for (const call of calls) call.destroy()
+      this.#cutLive(false)
     }
     if (this.#streamGrace !== null) clearTimeout(this.#streamGrace)
     this.#streamGrace = null

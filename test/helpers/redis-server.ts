@@ -1,10 +1,11 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtempSync, rmSync } from 'node:fs'
-import net, { type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
+// A port that was listening a moment ago and is closed now is free for redis-server.
+import { refusedPort as freePort } from './upstream'
 
 /** A real `redis-server` (Debian's package) on 127.0.0.1, in a temporary folder, nothing saved. */
 export interface RedisServer {
@@ -23,15 +24,6 @@ function redisServerPath (): string {
   } catch {
     throw new Error(INSTALL)
   }
-}
-
-async function freePort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
 }
 
 /**
